@@ -1,0 +1,1 @@
+"""Hardware backends: the contract, the entry-point registry, chain selection, built-ins."""

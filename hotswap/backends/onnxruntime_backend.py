@@ -1,0 +1,194 @@
+"""onnxruntime backend: ordered execution providers, no silent CPU fallback.
+
+onnxruntime falls back to CPU in three places: an unavailable provider is only a
+warning, a failed session creation is retried on CPU, and an execution-provider failure
+during run() is retried on CPU. This backend disables the last two, and checks the
+providers that are actually active against the ones asked for, so a CUDA request that
+would run on CPU fails at load with the provider's name instead.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from hotswap.backends.base import Backend, BackendOptions
+from hotswap.errors import BackendUnavailable
+from hotswap.models.signature import Signature, Tensors, TensorSpec
+
+# ONNX tensor element type names as onnxruntime reports them -> v2 datatype.
+_ORT_TO_V2 = {
+    "tensor(bool)": "BOOL", "tensor(uint8)": "UINT8", "tensor(uint16)": "UINT16",
+    "tensor(uint32)": "UINT32", "tensor(uint64)": "UINT64", "tensor(int8)": "INT8",
+    "tensor(int16)": "INT16", "tensor(int32)": "INT32", "tensor(int64)": "INT64",
+    "tensor(float16)": "FP16", "tensor(float)": "FP32", "tensor(double)": "FP64",
+    "tensor(bfloat16)": "BF16", "tensor(string)": "BYTES",
+}
+_OPT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC",
+               "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
+
+
+class ExecutionProvider(BackendOptions):
+    """One onnxruntime execution provider and its provider options."""
+
+    name: str = Field(description="Provider name, e.g. CUDAExecutionProvider, CANNExecutionProvider.")
+    options: dict[str, str | int | float | bool] = Field(
+        default_factory=dict, description="Provider options, e.g. {device_id: 0}.")
+
+
+class OnnxRuntimeOptions(BackendOptions):
+    """Options of the onnxruntime backend."""
+
+    providers: list[ExecutionProvider] = Field(
+        default_factory=lambda: [ExecutionProvider(name="CPUExecutionProvider")],
+        description="Ordered providers; a plain name or {name, options}. All must be active.")
+    strict: bool = Field(False, description="Set session.disable_cpu_ep_fallback: nodes the "
+                         "accelerator cannot run fail the load instead of running on CPU.")
+    intra_op_threads: int | None = Field(None, ge=0, description="Threads inside one op (0/None = ORT default; "
+                                         "split across instances when unset).")
+    inter_op_threads: int | None = Field(None, ge=0, description="Threads across ops (parallel mode).")
+    graph_optimization_level: Literal["disable", "basic", "extended", "all"] = Field(
+        "all", description="ORT graph optimisations.")
+
+    @field_validator("providers", mode="before")
+    @classmethod
+    def _names_as_specs(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [{"name": item} if isinstance(item, str) else item for item in value]
+        return value
+
+
+def _v2(ort_type: str) -> str:
+    return _ORT_TO_V2.get(ort_type, ort_type)
+
+
+def _dims(shape: list) -> tuple[int, ...]:
+    return tuple(d if isinstance(d, int) and d >= 0 else -1 for d in shape)
+
+
+class OnnxRuntimeBackend(Backend):
+    """ONNX models on onnxruntime with explicit, verified execution providers."""
+
+    name = "onnxruntime"
+    Options = OnnxRuntimeOptions
+    formats = (".onnx",)
+
+    def __init__(self) -> None:
+        self._session = None
+        self._options: OnnxRuntimeOptions | None = None
+        self._output_names: list[str] = []
+
+    @classmethod
+    def version(cls) -> str:
+        import onnxruntime
+
+        return onnxruntime.__version__
+
+    @classmethod
+    def accelerators(cls) -> dict[str, BackendOptions]:
+        return {kind: OnnxRuntimeOptions(providers=[ExecutionProvider(name=p)]) for kind, p in (
+            ("cuda", "CUDAExecutionProvider"), ("tensorrt", "TensorrtExecutionProvider"),
+            ("ascend", "CANNExecutionProvider"), ("openvino", "OpenVINOExecutionProvider"),
+            ("rocm", "ROCMExecutionProvider"), ("directml", "DmlExecutionProvider"))}
+
+    @classmethod
+    def probe(cls, options: OnnxRuntimeOptions) -> str | None:
+        import onnxruntime
+
+        available = onnxruntime.get_available_providers()
+        missing = [p.name for p in options.providers if p.name not in available]
+        if missing:
+            return (f"onnxruntime {onnxruntime.__version__} has no {', '.join(missing)} "
+                    f"(available: {', '.join(available)}); install the onnxruntime build for that device")
+        return None
+
+    @classmethod
+    def tune_for_instances(cls, options: OnnxRuntimeOptions, instances: int) -> OnnxRuntimeOptions:
+        # N sessions each sized to every core would oversubscribe the CPU N times over.
+        if instances > 1 and options.intra_op_threads is None:
+            return options.model_copy(update={"intra_op_threads": max(1, (os.cpu_count() or 1) // instances)})
+        return options
+
+    def _session_options(self, options: OnnxRuntimeOptions):
+        import onnxruntime
+
+        so = onnxruntime.SessionOptions()
+        so.graph_optimization_level = getattr(onnxruntime.GraphOptimizationLevel,
+                                              _OPT_LEVELS[options.graph_optimization_level])
+        if options.intra_op_threads is not None:
+            so.intra_op_num_threads = options.intra_op_threads
+        if options.inter_op_threads is not None:
+            so.inter_op_num_threads = options.inter_op_threads
+            so.execution_mode = onnxruntime.ExecutionMode.ORT_PARALLEL
+        if options.strict:
+            so.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
+        return so
+
+    def load(self, artifact: Path, options: OnnxRuntimeOptions, declared: Signature | None = None) -> Signature:
+        import onnxruntime
+
+        reason = self.probe(options)
+        if reason:
+            raise BackendUnavailable(reason)
+        providers = [(p.name, {k: str(v) for k, v in p.options.items()}) for p in options.providers]
+        try:
+            session = onnxruntime.InferenceSession(str(artifact), sess_options=self._session_options(options),
+                                                   providers=providers, enable_fallback=0)
+        except Exception as exc:
+            raise BackendUnavailable(f"onnxruntime could not create a session for {artifact.name} with "
+                                     f"{[p.name for p in options.providers]}: {exc}") from exc
+        session.disable_fallback()
+        active = session.get_providers()
+        missing = [p.name for p in options.providers if p.name not in active]
+        if missing:
+            raise BackendUnavailable(f"onnxruntime did not activate {', '.join(missing)} "
+                                     f"(active: {', '.join(active)}); refusing to run on another device")
+        self._session, self._options = session, options
+        self.signature = Signature(
+            inputs=tuple(TensorSpec(name=i.name, datatype=_v2(i.type), shape=_dims(i.shape))
+                         for i in session.get_inputs()),
+            outputs=tuple(TensorSpec(name=o.name, datatype=_v2(o.type), shape=_dims(o.shape))
+                          for o in session.get_outputs()),
+        )
+        self._output_names = self.signature.output_names()
+        if declared is not None:
+            _check_declared(declared, self.signature, artifact)
+        return self.signature
+
+    def run(self, inputs: Tensors) -> Tensors:
+        results = self._session.run(self._output_names, inputs)
+        return dict(zip(self._output_names, results))
+
+    def describe(self) -> dict[str, str]:
+        if self._session is None:
+            return {"device": "none", "runtime": f"onnxruntime {self.version()}"}
+        active = self._session.get_providers()
+        device = "cpu"
+        for provider, options in zip(active, self._session.get_provider_options().values()):
+            if provider != "CPUExecutionProvider":
+                device = f"{provider.removesuffix('ExecutionProvider').lower()}:{options.get('device_id', '0')}"
+                break
+        return {"device": device, "providers": ",".join(active), "precision": "as exported",
+                "runtime": f"onnxruntime {self.version()}"}
+
+    def close(self) -> None:
+        self._session = None
+
+
+def _check_declared(declared: Signature, actual: Signature, artifact: Path) -> None:
+    """A declared signature must name the same tensors, datatypes and ranks as the ONNX file."""
+    for kind in ("inputs", "outputs"):
+        have = {s.name: s for s in getattr(actual, kind)}
+        for spec in getattr(declared, kind):
+            real = have.get(spec.name)
+            if real is None:
+                raise BackendUnavailable(f"declared {kind[:-1]} '{spec.name}' is not in {artifact.name}; "
+                                         f"it has {', '.join(have)}")
+            if real.datatype != spec.datatype or len(real.shape) != len(spec.shape):
+                raise BackendUnavailable(
+                    f"declared {kind[:-1]} '{spec.name}' is {spec.datatype}{list(spec.shape)} but {artifact.name} "
+                    f"has {real.datatype}{list(real.shape)}")
+

@@ -1,0 +1,97 @@
+"""Walk a model's backend chain: the first entry that probes and loads wins.
+
+Every entry passed over keeps its reason (not installed, import failed, no artifact in
+its format, probe said no, load failed), so metadata, logs and metrics can show why a
+model runs where it runs. A chain of one entry is strict: its reason is the error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from hotswap.backends.base import Backend, BackendOptions
+from hotswap.backends.registry import BackendRegistry
+from hotswap.errors import BackendUnavailable
+from hotswap.models.config import BackendEntry, ModelConfig
+from hotswap.models.sources import ModelSource
+
+
+@dataclass(frozen=True)
+class SkippedEntry:
+    """A chain entry that was passed over, and why."""
+
+    position: int
+    label: str
+    reason: str
+
+    def as_dict(self) -> dict:
+        return {"position": self.position, "backend": self.label, "reason": self.reason}
+
+
+@dataclass
+class Selection:
+    """The chain entry that serves the model, and the entries skipped before it."""
+
+    position: int
+    entry: BackendEntry
+    backend_cls: type[Backend]
+    options: BackendOptions
+    skipped: list[SkippedEntry] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return self.entry.label()
+
+
+def _prepare_entry(position: int, entry: BackendEntry, registry: BackendRegistry, source: ModelSource):
+    """(backend class, options, artifact) for an entry, or a reason it cannot be used."""
+    cls = registry.get(entry.name)
+    if cls is None:
+        return registry.why_missing(entry.name)
+    options = cls.Options.model_validate(entry.options)
+    artifact = source.artifact_for(cls.formats)
+    if artifact is None:
+        have = ", ".join(p.name for p in source.artifacts)
+        return f"backend '{entry.name}' loads {', '.join(cls.formats)} files; the source has {have}"
+    reason = cls.probe(options)
+    if reason:
+        return reason
+    return cls, options, artifact
+
+
+def select_backend(model: ModelConfig, source: ModelSource, registry: BackendRegistry,
+                   instances: int = 1) -> tuple[Selection, Backend]:
+    """Probe and load chain entries in order; return the winner and its loaded instance.
+
+    Runs in the worker thread that will own the instance (device context is per thread).
+    Raises BackendUnavailable listing every entry's reason when none loads.
+    """
+    skipped: list[SkippedEntry] = []
+    declared = model.declared_signature()
+    for position, entry in enumerate(model.backends):
+        prepared = _prepare_entry(position, entry, registry, source)
+        if isinstance(prepared, str):
+            reason = prepared
+        else:
+            cls, options, artifact = prepared
+            options = cls.tune_for_instances(options, instances)
+            backend = cls()
+            try:
+                backend.load(artifact, options, declared)
+            except Exception as exc:
+                backend.close()
+                failed = isinstance(exc, BackendUnavailable)
+                reason = str(exc) if failed else f"load failed: {type(exc).__name__}: {exc}"
+            else:
+                selection = Selection(position, entry, cls, options, skipped)
+                return selection, backend
+        skipped.append(SkippedEntry(position, entry.label(), reason))
+    lines = "\n".join(f"  #{s.position} {s.label}: {s.reason}" for s in skipped)
+    raise BackendUnavailable(f"model '{model.name}': no backend in its chain could load:\n{lines}")
+
+
+def load_instance(selection: Selection, source: ModelSource, model: ModelConfig) -> Backend:
+    """Load one more instance of an already-selected backend (in its own worker thread)."""
+    backend = selection.backend_cls()
+    backend.load(source.artifact_for(selection.backend_cls.formats), selection.options, model.declared_signature())
+    return backend

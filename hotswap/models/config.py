@@ -1,0 +1,189 @@
+"""The configuration: one YAML file, validated by pydantic, with HOTSWAP_* env overrides.
+
+    server: {host: 127.0.0.1, port: 8000}
+    models:
+      - name: minilm
+        source: builtin:minilm
+        backends:                 # ordered; the first that probes and loads wins
+          - {name: onnxruntime, providers: [CUDAExecutionProvider]}
+          - {name: onnxruntime, providers: [CPUExecutionProvider]}
+        batching: {max_batch_size: 32, max_queue_delay_ms: 2, max_queue_size: 1024}
+
+Environment variables override the file: `HOTSWAP_SERVER__PORT=9000`,
+`HOTSWAP_MODELS='[...]'` (JSON). Every error names the file, the key path and what was
+expected.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from hotswap.errors import ConfigError
+from hotswap.models.signature import Signature, TensorSpec
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ServerConfig(_Strict):
+    """Where the HTTP server listens."""
+
+    host: str = Field("127.0.0.1", description="Bind address.")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port (0 = any free port).")
+    log_level: str = Field("info", description="uvicorn/hotswap log level.")
+    graceful_timeout_s: float = Field(30.0, ge=0, description="How long SIGTERM waits for in-flight requests.")
+
+
+class BatchingConfig(_Strict):
+    """Dynamic batching: requests queue per model and run together on one backend call."""
+
+    max_batch_size: int = Field(32, ge=1, description="Most rows (dim 0) in one backend call; 1 disables "
+                                "batching. A single larger request still runs, alone.")
+    max_queue_delay_ms: float = Field(2.0, ge=0, description="How long a batch waits to fill after its first request.")
+    max_queue_size: int = Field(1024, ge=1, description="Most queued requests; more are answered 503 with Retry-After.")
+    timeout_ms: float | None = Field(None, gt=0, description="Default request deadline while queued "
+                                     "(request parameter `timeout`, ms, overrides); expired requests get 504.")
+
+
+class BackendEntry(BaseModel):
+    """One entry of a model's backend chain: `name` plus that backend's own options."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(description="Backend name from the `hotswap.backends` entry points.")
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+    def label(self) -> str:
+        """Short human name: 'onnxruntime[CUDAExecutionProvider]', 'torch[cuda:0]'."""
+        opts = self.options
+        detail = opts.get("device") or opts.get("providers")
+        if isinstance(detail, list):
+            detail = ",".join(p if isinstance(p, str) else str(p.get("name")) for p in detail)
+        return f"{self.name}[{detail}]" if detail else self.name
+
+
+class ProcessorConfig(BaseModel):
+    """A model-level pre/post-processing step (`hotswap.processors` entry point) and its options."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(description="Processor name, e.g. text-embedding.")
+
+
+class ModelConfig(_Strict):
+    """One served model."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="Model name in URLs and metric labels.")
+    version: str = Field("1", description="Version reported in metadata and metrics.")
+    source: str = Field(description="Artifact path (.onnx, .pt TorchScript, .pt2 torch.export) "
+                        "or a built-in recipe like builtin:minilm.")
+    backends: list[BackendEntry] = Field(min_length=1, description="Ordered backend chain.")
+    inputs: list[TensorSpec] | None = Field(None, description="Declared inputs (needed for TorchScript).")
+    outputs: list[TensorSpec] | None = Field(None, description="Declared outputs (needed for TorchScript).")
+    processor: ProcessorConfig | None = Field(None, description="Pre/post-processing around the backend.")
+    batching: BatchingConfig = Field(default_factory=BatchingConfig)
+    instances: int = Field(1, ge=1, le=64, description="Backend instances, each with its own worker thread.")
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> ModelConfig:
+        if (self.inputs is None) != (self.outputs is None):
+            raise ValueError("declare both `inputs` and `outputs`, or neither")
+        return self
+
+    def declared_signature(self) -> Signature | None:
+        if self.inputs is None:
+            return None
+        return Signature(inputs=tuple(self.inputs), outputs=tuple(self.outputs))
+
+
+class HotswapConfig(BaseSettings):
+    """The whole configuration file."""
+
+    model_config = SettingsConfigDict(env_prefix="HOTSWAP_", env_nested_delimiter="__", extra="forbid")
+
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    models: list[ModelConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> HotswapConfig:
+        names = [m.name for m in self.models]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"model names must be unique; repeated: {', '.join(dupes)}")
+        return self
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource, dotenv_settings, file_secret_settings):
+        # The file arrives as init kwargs; the environment must override it.
+        return env_settings, init_settings
+
+    def model(self, name: str) -> ModelConfig | None:
+        return next((m for m in self.models if m.name == name), None)
+
+
+def format_validation_error(exc: ValidationError, where: str, prefix: tuple = ()) -> str:
+    """One line per problem: `where: key.path: message (got value)`."""
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in (*prefix, *err["loc"])) or "(top level)"
+        got = err.get("input")
+        shown = f" (got {got!r})" if got is not None and not isinstance(got, dict) else ""
+        lines.append(f"{where}: {loc}: {err['msg']}{shown}")
+    return "\n".join(lines)
+
+
+def validate_backend_options(config: HotswapConfig, where: str, registry) -> None:
+    """Check each chain entry's options against its backend's `Options` (unknown backends are
+    left for selection to skip with a reason)."""
+    problems = []
+    for i, model in enumerate(config.models):
+        for j, entry in enumerate(model.backends):
+            backend = registry.get(entry.name)
+            if backend is None:
+                continue
+            try:
+                backend.Options.model_validate(entry.options)
+            except ValidationError as exc:
+                problems.append(format_validation_error(exc, where, ("models", i, "backends", j)))
+    if problems:
+        raise ConfigError("\n".join(problems))
+
+
+def parse_config(data: Any, where: str = "<config>", registry=None) -> HotswapConfig:
+    """Validate already-parsed config data; errors name `where` and the key path."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping with `server` and `models`, got {type(data).__name__}")
+    try:
+        config = HotswapConfig(**data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, where)) from None
+    if registry is not None:
+        validate_backend_options(config, where, registry)
+    return config
+
+
+def load_config(path: str | os.PathLike, registry=None) -> HotswapConfig:
+    """Read and validate a YAML config file (plus HOTSWAP_* env overrides)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+    return parse_config(data, str(path), registry)

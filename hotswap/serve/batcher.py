@@ -1,0 +1,163 @@
+"""Dynamic batching: one queue per model, one future per request, N instance workers.
+
+Each worker owns one backend instance. It takes the oldest queued request, then keeps
+adding queued requests whose tensors can be stacked with it (same dtypes and non-batch
+dims) until `max_batch_size` rows or until `max_queue_delay_ms` after the first request
+was queued. A batch's failure is set on each of its requests and on nothing else. A
+request whose deadline passes while queued is answered with RequestTimeout and never
+reaches a backend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from hotswap.errors import QueueFull, RequestTimeout
+from hotswap.models.config import BatchingConfig
+from hotswap.models.signature import Tensors
+
+
+@dataclass(eq=False)
+class PendingRequest:
+    """One request waiting for (or in) a batch."""
+
+    inputs: Tensors
+    rows: int
+    key: tuple
+    future: asyncio.Future
+    enqueued: float = field(default_factory=time.perf_counter)
+    started: float | None = None
+    expired: bool = False
+    timer: asyncio.TimerHandle | None = None
+
+
+def stack_key(inputs: Tensors) -> tuple:
+    """Requests stack when names, dtypes and non-batch dims agree."""
+    return tuple((name, a.dtype.str, a.shape[1:]) for name, a in inputs.items())
+
+
+RunBatch = Callable[[int, list[PendingRequest]], Awaitable[None]]
+
+
+class DynamicBatcher:
+    """Queues requests and feeds batches to `workers` instance workers via `run_batch`."""
+
+    def __init__(self, config: BatchingConfig, run_batch: RunBatch, workers: int) -> None:
+        self.config = config
+        self._run_batch = run_batch
+        self._workers = workers
+        self._queue: deque[PendingRequest] = deque()
+        self._queued = 0  # requests in _queue that have not expired
+        self._arrived = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+        self._running = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._closed = False
+
+    @property
+    def queued(self) -> int:
+        return self._queued
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._worker(i), name=f"hotswap-batcher-{i}") for i in range(self._workers)]
+
+    def submit(self, inputs: Tensors, rows: int, timeout_s: float | None) -> PendingRequest:
+        """Queue a request; its future resolves to its own output rows."""
+        if self._closed:
+            raise QueueFull("model is being unloaded")
+        if self._queued >= self.config.max_queue_size:
+            raise QueueFull(f"queue full: {self._queued} requests waiting (batching.max_queue_size="
+                            f"{self.config.max_queue_size})")
+        loop = asyncio.get_running_loop()
+        request = PendingRequest(inputs, rows, stack_key(inputs), loop.create_future())
+        if timeout_s is not None:
+            request.timer = loop.call_later(timeout_s, self._expire, request, timeout_s)
+        self._queue.append(request)
+        self._queued += 1
+        self._idle.clear()
+        self._arrived.set()
+        return request
+
+    def _expire(self, request: PendingRequest, timeout_s: float) -> None:
+        if request.started is None and not request.future.done():
+            request.expired = True
+            self._queued -= 1
+            request.future.set_exception(RequestTimeout(
+                f"request timed out after {timeout_s * 1000:.0f} ms in the queue (timeout)"))
+            self._check_idle()
+
+    def _pop(self, key: tuple | None, room: int) -> PendingRequest | None:
+        """Remove and return the oldest live request matching `key` that fits in `room` rows."""
+        for request in self._queue:
+            if request.expired or request.future.done():
+                continue
+            if key is None or (request.key == key and request.rows <= room):
+                self._queue.remove(request)
+                self._queued -= 1
+                return request
+        # Drop expired requests at the front so the deque does not grow.
+        while self._queue and (self._queue[0].expired or self._queue[0].future.done()):
+            self._queue.popleft()
+        return None
+
+    async def _next_batch(self) -> list[PendingRequest]:
+        while (first := self._pop(None, 0)) is None:
+            self._arrived.clear()
+            await self._arrived.wait()
+        batch, rows = [first], first.rows
+        limit = self.config.max_batch_size
+        deadline = first.enqueued + self.config.max_queue_delay_ms / 1000
+        while rows < limit:
+            nxt = self._pop(first.key, limit - rows)
+            if nxt is not None:
+                batch.append(nxt)
+                rows += nxt.rows
+                continue
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                break
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+            except asyncio.TimeoutError:
+                break
+        return batch
+
+    async def _worker(self, index: int) -> None:
+        while True:
+            batch = await self._next_batch()
+            self._running += 1
+            now = time.perf_counter()
+            for request in batch:
+                request.started = now
+                if request.timer is not None:
+                    request.timer.cancel()
+            try:
+                await self._run_batch(index, batch)
+            except Exception as exc:  # run_batch sets results itself; this is a last resort
+                for request in batch:
+                    if not request.future.done():
+                        request.future.set_exception(exc)
+            finally:
+                self._running -= 1
+                self._check_idle()
+            if self._queue:
+                self._arrived.set()  # another worker may be waiting on requests left behind
+
+    def _check_idle(self) -> None:
+        if self._queued == 0 and self._running == 0:
+            self._idle.set()
+
+    async def drain_and_stop(self) -> None:
+        """Refuse new requests, let queued and running ones finish, then stop the workers."""
+        self._closed = True
+        self._check_idle()
+        await self._idle.wait()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)

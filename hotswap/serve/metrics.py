@@ -1,0 +1,105 @@
+"""Prometheus metrics, one CollectorRegistry per app, mirroring Triton's set.
+
+Every model series carries `model`, `version`, `backend` and `device`, where backend and
+device come from the backend's own `describe()`: a model that swaps backend keeps its
+old series and starts new ones under the new labels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LABELS = ("model", "version", "backend", "device")
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class Metrics:
+    """All of hotswap's metric families, registered on one registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.request_success = Counter("hotswap_request_success", "Inference requests answered successfully",
+                                       LABELS, registry=r)
+        self.request_failure = Counter("hotswap_request_failure", "Inference requests that failed, by reason",
+                                       (*LABELS, "reason"), registry=r)
+        self.inference_count = Counter("hotswap_inference_count", "Rows (batch items) inferred", LABELS, registry=r)
+        self.execution_count = Counter("hotswap_execution_count", "Backend calls (batches) executed", LABELS,
+                                       registry=r)
+        self.pending_requests = Gauge("hotswap_pending_requests", "Requests queued or running", LABELS, registry=r)
+        self.request_duration = Histogram("hotswap_request_duration_seconds", "Request time inside the server",
+                                          LABELS, buckets=LATENCY_BUCKETS, registry=r)
+        self.queue_duration = Histogram("hotswap_queue_duration_seconds", "Time a request waited in the queue",
+                                        LABELS, buckets=LATENCY_BUCKETS, registry=r)
+        self.compute_input_duration = Histogram("hotswap_compute_input_duration_seconds",
+                                                "Batch assembly and pre-processing time per batch", LABELS,
+                                                buckets=LATENCY_BUCKETS, registry=r)
+        self.compute_infer_duration = Histogram("hotswap_compute_infer_duration_seconds",
+                                                "Backend execution time per batch", LABELS,
+                                                buckets=LATENCY_BUCKETS, registry=r)
+        self.compute_output_duration = Histogram("hotswap_compute_output_duration_seconds",
+                                                 "Post-processing and output split time per batch", LABELS,
+                                                 buckets=LATENCY_BUCKETS, registry=r)
+        self.batch_size = Histogram("hotswap_batch_size", "Rows per backend call", LABELS, buckets=BATCH_BUCKETS,
+                                    registry=r)
+        self.model_load_seconds = Gauge("hotswap_model_load_seconds", "Seconds the last load took", LABELS,
+                                        registry=r)
+        self.backend_info = Gauge("hotswap_backend_info", "What really runs the model (from describe())",
+                                  (*LABELS, "providers", "precision", "runtime"), registry=r)
+        self.backend_selected = Gauge("hotswap_backend_selected", "1 for the chain entry serving the model",
+                                      (*LABELS, "position"), registry=r)
+        self.backend_skipped = Gauge("hotswap_backend_skipped", "1 for each chain entry skipped at the last load",
+                                     ("model", "version", "position", "backend", "reason"), registry=r)
+        self.device_memory = Gauge("hotswap_device_memory_bytes", "Accelerator memory allocated by the backend",
+                                   LABELS, registry=r)
+
+    def model_series(self, labels: dict[str, str]) -> ModelSeries:
+        return ModelSeries(self, labels)
+
+
+class ModelSeries:
+    """The children of every family for one (model, version, backend, device)."""
+
+    def __init__(self, metrics: Metrics, labels: dict[str, str]) -> None:
+        self.labels = labels
+        values = tuple(labels[k] for k in LABELS)
+        self._metrics = metrics
+        self._values = values
+        self.success = metrics.request_success.labels(*values)
+        self.inference_count = metrics.inference_count.labels(*values)
+        self.execution_count = metrics.execution_count.labels(*values)
+        self.pending = metrics.pending_requests.labels(*values)
+        self.request_duration = metrics.request_duration.labels(*values)
+        self.queue_duration = metrics.queue_duration.labels(*values)
+        self.compute_input = metrics.compute_input_duration.labels(*values)
+        self.compute_infer = metrics.compute_infer_duration.labels(*values)
+        self.compute_output = metrics.compute_output_duration.labels(*values)
+        self.batch_size = metrics.batch_size.labels(*values)
+        self.load_seconds = metrics.model_load_seconds.labels(*values)
+
+    def failure(self, reason: str) -> None:
+        self._metrics.request_failure.labels(*self._values, reason).inc()
+
+    def publish_backend(self, info: dict[str, str], position: int, skipped: list,
+                        memory: Callable[[], float | None] | None) -> None:
+        """Record what runs the model and which chain entries were passed over."""
+        m = self._metrics
+        m.backend_info.labels(*self._values, info.get("providers", ""), info.get("precision", ""),
+                              info.get("runtime", "")).set(1)
+        m.backend_selected.labels(*self._values, str(position)).set(1)
+        model, version = self._values[0], self._values[1]
+        for skip in skipped:
+            m.backend_skipped.labels(model, version, str(skip.position), skip.label, skip.reason[:200]).set(1)
+        if memory is not None:
+            m.device_memory.labels(*self._values).set_function(lambda: memory() or 0)
+
+    def retire(self) -> None:
+        """The backend no longer serves: it is not selected any more (history stays)."""
+        m = self._metrics
+        for family in (m.backend_selected,):
+            for labels in list(family._metrics):
+                if labels[: len(self._values)] == self._values:
+                    family.labels(*labels).set(0)
