@@ -32,6 +32,8 @@ def _rows(inputs: Tensors) -> int:
     first = next(iter(inputs.values()), None)
     if first is None or first.ndim == 0:
         raise InvalidInput("inputs need a batch dimension (dim 0)")
+    if first.shape[0] == 0:
+        raise InvalidInput(f"input '{next(iter(inputs))}': shape {list(first.shape)} has 0 rows; expected at least 1")
     return first.shape[0]
 
 
