@@ -33,6 +33,7 @@ class PendingRequest:
     started: float | None = None
     expired: bool = False
     timer: asyncio.TimerHandle | None = None
+    queued: bool = True  # counted in DynamicBatcher.queued: not yet taken, expired or cancelled
 
 
 def stack_key(inputs: Tensors) -> tuple:
@@ -51,10 +52,10 @@ class DynamicBatcher:
         self._run_batch = run_batch
         self._workers = workers
         self._queue: deque[PendingRequest] = deque()
-        self._queued = 0  # requests in _queue that have not expired
+        self._queued = 0  # requests in _queue not yet taken, expired or cancelled
         self._arrived = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
-        self._running = 0
+        self._running = 0  # batches filling or running
         self._idle = asyncio.Event()
         self._idle.set()
         self._closed = False
@@ -75,6 +76,7 @@ class DynamicBatcher:
                             f"{self.config.max_queue_size})")
         loop = asyncio.get_running_loop()
         request = PendingRequest(inputs, rows, stack_key(inputs), loop.create_future())
+        request.future.add_done_callback(lambda _: self._on_done(request))
         if timeout_s is not None:
             request.timer = loop.call_later(timeout_s, self._expire, request, timeout_s)
         self._queue.append(request)
@@ -86,9 +88,20 @@ class DynamicBatcher:
     def _expire(self, request: PendingRequest, timeout_s: float) -> None:
         if request.started is None and not request.future.done():
             request.expired = True
-            self._queued -= 1
+            self._unqueue(request)
             request.future.set_exception(RequestTimeout(
                 f"request timed out after {timeout_s * 1000:.0f} ms in the queue (timeout)"))
+            self._check_idle()
+
+    def _unqueue(self, request: PendingRequest) -> None:
+        if request.queued:
+            request.queued = False
+            self._queued -= 1
+
+    def _on_done(self, request: PendingRequest) -> None:
+        """Done callback: a request cancelled while queued (its caller went away) frees its slot."""
+        if request.queued:
+            self._unqueue(request)
             self._check_idle()
 
     def _pop(self, key: tuple | None, room: int) -> PendingRequest | None:
@@ -98,7 +111,7 @@ class DynamicBatcher:
                 continue
             if key is None or (request.key == key and request.rows <= room):
                 self._queue.remove(request)
-                self._queued -= 1
+                self._unqueue(request)
                 return request
         # Drop expired requests at the front so the deque does not grow.
         while self._queue and (self._queue[0].expired or self._queue[0].future.done()):
@@ -109,6 +122,7 @@ class DynamicBatcher:
         while (first := self._pop(None, 0)) is None:
             self._arrived.clear()
             await self._arrived.wait()
+        self._running += 1  # a filling batch counts as running, so drain_and_stop waits for it
         batch, rows = [first], first.rows
         limit = self.config.max_batch_size
         deadline = first.enqueued + self.config.max_queue_delay_ms / 1000
@@ -131,14 +145,17 @@ class DynamicBatcher:
     async def _worker(self, index: int) -> None:
         while True:
             batch = await self._next_batch()
-            self._running += 1
             now = time.perf_counter()
             for request in batch:
-                request.started = now
                 if request.timer is not None:
                     request.timer.cancel()
+            # Requests that expired or were cancelled while the batch filled never run.
+            batch = [request for request in batch if not request.future.done()]
+            for request in batch:
+                request.started = now
             try:
-                await self._run_batch(index, batch)
+                if batch:
+                    await self._run_batch(index, batch)
             except Exception as exc:  # run_batch sets results itself; this is a last resort
                 for request in batch:
                     if not request.future.done():
