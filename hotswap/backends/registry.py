@@ -73,7 +73,9 @@ def discover_backends(entries: list[EntryPoint] | None = None) -> BackendRegistr
         try:
             registry.available[ep.name] = _load_entry_point(ep)
         except Exception as exc:
-            last = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
+            # For sys.exit() at import, point at the plugin code that called it, not at this module.
+            origin = exc.__cause__ if isinstance(exc.__cause__, SystemExit) else exc
+            last = traceback.extract_tb(origin.__traceback__)[-1:] if origin.__traceback__ else []
             where = f" (at {last[0].filename}:{last[0].lineno})" if last else ""
             registry.failed[ep.name] = f"{type(exc).__name__}: {exc}{where}"
     return registry

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from pydantic import ValidationError
+
 from hotswap.backends.base import Backend, BackendOptions
 from hotswap.backends.registry import BackendRegistry
 from hotswap.errors import BackendUnavailable
-from hotswap.models.config import BackendEntry, ModelConfig
+from hotswap.models.config import BackendEntry, ModelConfig, format_validation_error
 from hotswap.models.sources import ModelSource
 
 
@@ -48,12 +50,18 @@ def _prepare_entry(position: int, entry: BackendEntry, registry: BackendRegistry
     cls = registry.get(entry.name)
     if cls is None:
         return registry.why_missing(entry.name)
-    options = cls.Options.model_validate(entry.options)
+    try:
+        options = cls.Options.model_validate(entry.options)
+    except ValidationError as exc:  # config files are checked at load; this guards programmatic configs
+        return format_validation_error(exc, f"backend '{entry.name}' options").replace("\n", "; ")
     artifact = source.artifact_for(cls.formats)
     if artifact is None:
         have = ", ".join(p.name for p in source.artifacts)
         return f"backend '{entry.name}' loads {', '.join(cls.formats)} files; the source has {have}"
-    reason = cls.probe(options)
+    try:
+        reason = cls.probe(options)
+    except Exception as exc:  # a plugin's broken probe skips its entry; it must not stop the chain
+        reason = f"probe raised {type(exc).__name__}: {exc}"
     if reason:
         return reason
     return cls, options, artifact

@@ -1,0 +1,1 @@
+"""Test plugin whose backend modules fail at import; this package itself imports fine."""
