@@ -13,10 +13,11 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 from pydantic import Field, field_validator
 
 from hotswap.backends.base import Backend, BackendOptions
-from hotswap.errors import BackendUnavailable
+from hotswap.errors import BackendUnavailable, InvalidInput
 from hotswap.models.signature import Signature, Tensors, TensorSpec
 
 # ONNX tensor element type names as onnxruntime reports them -> v2 datatype.
@@ -61,6 +62,17 @@ class OnnxRuntimeOptions(BackendOptions):
         return value
 
 
+def _as_str_array(name: str, array: np.ndarray) -> np.ndarray:
+    """onnxruntime string tensors take str; it would str() a bytes element into "b'...'"."""
+    flat = array.ravel()
+    try:
+        decoded = [v.decode() if isinstance(v, bytes) else str(v) for v in flat]
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(f"input '{name}': element is not valid UTF-8 ({exc.reason}); "
+                           "expected UTF-8 text for a string tensor") from None
+    return np.array(decoded, dtype=object).reshape(array.shape)
+
+
 def _v2(ort_type: str) -> str:
     return _ORT_TO_V2.get(ort_type, ort_type)
 
@@ -80,6 +92,7 @@ class OnnxRuntimeBackend(Backend):
         self._session = None
         self._options: OnnxRuntimeOptions | None = None
         self._output_names: list[str] = []
+        self._string_inputs: list[str] = []
 
     @classmethod
     def version(cls) -> str:
@@ -123,7 +136,9 @@ class OnnxRuntimeBackend(Backend):
         if options.inter_op_threads is not None:
             so.inter_op_num_threads = options.inter_op_threads
             so.execution_mode = onnxruntime.ExecutionMode.ORT_PARALLEL
-        if options.strict:
+        # With CPUExecutionProvider requested, CPU is allowed by name and onnxruntime rejects the
+        # combination ("Conflicting session configuration"): strict only applies without it.
+        if options.strict and "CPUExecutionProvider" not in {p.name for p in options.providers}:
             so.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
         return so
 
@@ -154,11 +169,14 @@ class OnnxRuntimeBackend(Backend):
                           for o in session.get_outputs()),
         )
         self._output_names = self.signature.output_names()
+        self._string_inputs = [s.name for s in self.signature.inputs if s.datatype == "BYTES"]
         if declared is not None:
             _check_declared(declared, self.signature, artifact)
         return self.signature
 
     def run(self, inputs: Tensors) -> Tensors:
+        for name in self._string_inputs:
+            inputs = inputs | {name: _as_str_array(name, inputs[name])}
         results = self._session.run(self._output_names, inputs)
         return dict(zip(self._output_names, results))
 

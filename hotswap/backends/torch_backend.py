@@ -176,7 +176,10 @@ class TorchBackend(Backend):
 
         args = []
         for name in self._input_names:
-            tensor = torch.from_numpy(inputs[name]).to(self._device, non_blocking=True)
+            array = inputs[name]
+            if not array.flags.writeable:  # binary request bodies arrive as read-only views
+                array = array.copy()
+            tensor = torch.from_numpy(array).to(self._device, non_blocking=True)
             if tensor.is_floating_point() and tensor.dtype != self._dtype:
                 tensor = tensor.to(self._dtype)
             args.append(tensor)
@@ -191,8 +194,15 @@ class TorchBackend(Backend):
     def run(self, inputs: Tensors) -> Tensors:
         import torch
 
+        try:
+            raw = self._forward(inputs)
+        except torch.jit.Error as exc:
+            # TorchScript appends its interpreter traceback with the model's source; the
+            # client needs the last line (the error raised inside the model).
+            lines = [line for line in str(exc).splitlines() if line.strip()]
+            raise RuntimeError(lines[-1].strip() if lines else "TorchScript error") from exc
         results = {}
-        for name, tensor in zip(self._output_names, self._forward(inputs)):
+        for name, tensor in zip(self._output_names, raw):
             if tensor.is_floating_point() and tensor.dtype != torch.float32:
                 tensor = tensor.float()
             results[name] = tensor.cpu().numpy()  # .cpu() synchronises the device

@@ -156,6 +156,23 @@ def _read_input(i: int, spec: object) -> tuple[str, str, np.dtype, tuple[int, ..
     return name, datatype, V2_TO_NUMPY[datatype], tuple(shape), params
 
 
+def _json_then_more(body: bytes) -> bool:
+    """Whether `body` is a JSON document followed by more bytes (binary data sent without the header).
+
+    Binary tensor data is seldom valid UTF-8, and orjson then reports only that, so look at
+    the part before the first invalid byte."""
+    try:
+        bytes(body).decode("utf-8")
+        end = len(body)
+    except UnicodeDecodeError as bad:
+        end = bad.start
+    try:
+        orjson.loads(memoryview(body)[:end])
+    except orjson.JSONDecodeError as e:
+        return "after document" in str(e)
+    return end < len(body)
+
+
 def decode_infer_request(body: bytes, header_length: int | None) -> InferRequest:
     """Decode a v2 inference request body.
 
@@ -171,7 +188,7 @@ def decode_infer_request(body: bytes, header_length: int | None) -> InferRequest
         req = orjson.loads(memoryview(body)[:header_length])
     except orjson.JSONDecodeError as e:
         hint = ""
-        if header_length == size and "after document" in str(e):  # binary data but no header
+        if header_length == size and _json_then_more(body):  # binary data but no header
             hint = "; binary data after the JSON needs the Inference-Header-Content-Length header"
         raise InvalidInput(f"request JSON is invalid: {e}{hint}") from None
     if not isinstance(req, dict):

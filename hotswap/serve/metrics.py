@@ -7,6 +7,7 @@ old series and starts new ones under the new labels.
 
 from __future__ import annotations
 
+from collections import Counter as Tally
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -55,6 +56,9 @@ class Metrics:
                                      ("model", "version", "position", "backend", "reason"), registry=r)
         self.device_memory = Gauge("hotswap_device_memory_bytes", "Accelerator memory allocated by the backend",
                                    LABELS, registry=r)
+        # Live runners per backend_selected / backend_skipped child: a reload onto the same labels
+        # must not be zeroed when the runner it replaces retires.
+        self._held: Tally[tuple[str, tuple[str, ...]]] = Tally()
 
     def model_series(self, labels: dict[str, str]) -> ModelSeries:
         return ModelSeries(self, labels)
@@ -68,6 +72,7 @@ class ModelSeries:
         values = tuple(labels[k] for k in LABELS)
         self._metrics = metrics
         self._values = values
+        self._held: list[tuple[Gauge, tuple[str, ...]]] = []
         self.success = metrics.request_success.labels(*values)
         self.inference_count = metrics.inference_count.labels(*values)
         self.execution_count = metrics.execution_count.labels(*values)
@@ -89,17 +94,24 @@ class ModelSeries:
         m = self._metrics
         m.backend_info.labels(*self._values, info.get("providers", ""), info.get("precision", ""),
                               info.get("runtime", "")).set(1)
-        m.backend_selected.labels(*self._values, str(position)).set(1)
+        self._hold(m.backend_selected, (*self._values, str(position)))
         model, version = self._values[0], self._values[1]
         for skip in skipped:
-            m.backend_skipped.labels(model, version, str(skip.position), skip.label, skip.reason[:200]).set(1)
+            self._hold(m.backend_skipped, (model, version, str(skip.position), skip.label, skip.reason[:200]))
         if memory is not None:
             m.device_memory.labels(*self._values).set_function(lambda: memory() or 0)
 
+    def _hold(self, gauge: Gauge, labels: tuple[str, ...]) -> None:
+        self._held.append((gauge, labels))
+        self._metrics._held[(gauge._name, labels)] += 1
+        gauge.labels(*labels).set(1)
+
     def retire(self) -> None:
-        """The backend no longer serves: it is not selected any more (history stays)."""
-        m = self._metrics
-        for family in (m.backend_selected,):
-            for labels in list(family._metrics):
-                if labels[: len(self._values)] == self._values:
-                    family.labels(*labels).set(0)
+        """The backend no longer serves: it is not selected, and its skipped entries are not
+        the last load's, any more (history stays)."""
+        held = self._metrics._held
+        for gauge, labels in self._held:
+            held[(gauge._name, labels)] -= 1
+            if held[(gauge._name, labels)] <= 0:  # no newer runner holds the same labels
+                gauge.labels(*labels).set(0)
+        self._held = []

@@ -1,0 +1,75 @@
+"""The model repository API: index states, unload and load."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+import tritonclient.http as httpclient
+from api_support import running_server
+
+from hotswap.models.config import parse_config
+from hotswap.serve.app import create_app
+
+MODELS = ["tiny", "tiny_torch", "strings", "flaky"]
+
+
+def _index(server) -> dict[str, dict]:
+    r = httpx.post(f"{server.url}/v2/repository/index", timeout=10)
+    assert r.status_code == 200, r.text
+    entries = r.json()
+    assert [e["name"] for e in entries] == MODELS
+    return {e["name"]: e for e in entries}
+
+
+def test_index_all_ready(server, client):
+    index = _index(server)
+    for name in MODELS:
+        assert index[name] == {"name": name, "version": "1", "state": "READY", "reason": ""}
+    assert client.get_model_repository_index() == list(index.values())
+
+
+def test_index_after_unload_and_load(server, client):
+    client.unload_model("strings")
+    try:
+        index = _index(server)
+        assert index["strings"]["state"] == "UNAVAILABLE"
+        assert index["strings"]["reason"] == "unloaded"
+        assert all(index[name]["state"] == "READY" for name in MODELS if name != "strings")
+        assert not client.is_model_ready("strings")
+        client.unload_model("strings")  # unloading twice is harmless
+        assert _index(server)["strings"]["state"] == "UNAVAILABLE"
+    finally:
+        client.load_model("strings")
+    assert _index(server)["strings"]["state"] == "READY"
+    assert client.is_model_ready("strings")
+
+
+def test_failed_load_of_unloaded_model_is_unavailable_with_reason(server, client, tiny):
+    client.unload_model("tiny")
+    cuda = json.dumps({"backends": [{"name": "onnxruntime", "providers": ["CUDAExecutionProvider"]}]})
+    try:
+        with pytest.raises(httpclient.InferenceServerException) as info:
+            client.load_model("tiny", config=cuda)
+        assert info.value.status() == "400"
+        assert "CUDAExecutionProvider" in info.value.message()
+        entry = _index(server)["tiny"]
+        assert entry["state"] == "UNAVAILABLE"
+        assert "CUDAExecutionProvider" in entry["reason"]
+        r = httpx.get(f"{server.url}/v2/models/tiny", timeout=10)
+        assert r.status_code == 503
+        assert "CUDAExecutionProvider" in r.json()["error"]
+    finally:
+        client.load_model("tiny")
+    assert _index(server)["tiny"]["state"] == "READY"
+    assert client.get_model_metadata("tiny")["backend"]["name"] == "onnxruntime"
+
+
+def test_model_that_cannot_load_stops_start_up(registry, tiny):
+    """A configured model whose chain cannot load anywhere here: the server does not start."""
+    config = parse_config({"models": [{"name": "gpu_only", "source": str(tiny.onnx), "backends": [
+        {"name": "onnxruntime", "providers": ["CUDAExecutionProvider"]}]}]}, "test", registry)
+    with pytest.raises(RuntimeError, match="exited during start-up"):
+        with running_server(create_app(config, registry)):
+            pass
