@@ -171,7 +171,9 @@ class OnnxRuntimeBackend(Backend):
         self._output_names = self.signature.output_names()
         self._string_inputs = [s.name for s in self.signature.inputs if s.datatype == "BYTES"]
         if declared is not None:
-            _check_declared(declared, self.signature, artifact)
+            problem = self.signature.mismatch(declared, artifact.name)
+            if problem:
+                raise BackendUnavailable(problem)
         return self.signature
 
     def run(self, inputs: Tensors) -> Tensors:
@@ -194,19 +196,3 @@ class OnnxRuntimeBackend(Backend):
 
     def close(self) -> None:
         self._session = None
-
-
-def _check_declared(declared: Signature, actual: Signature, artifact: Path) -> None:
-    """A declared signature must name the same tensors, datatypes and ranks as the ONNX file."""
-    for kind in ("inputs", "outputs"):
-        have = {s.name: s for s in getattr(actual, kind)}
-        for spec in getattr(declared, kind):
-            real = have.get(spec.name)
-            if real is None:
-                raise BackendUnavailable(f"declared {kind[:-1]} '{spec.name}' is not in {artifact.name}; "
-                                         f"it has {', '.join(have)}")
-            if real.datatype != spec.datatype or len(real.shape) != len(spec.shape):
-                raise BackendUnavailable(
-                    f"declared {kind[:-1]} '{spec.name}' is {spec.datatype}{list(spec.shape)} but {artifact.name} "
-                    f"has {real.datatype}{list(real.shape)}")
-

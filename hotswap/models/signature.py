@@ -99,5 +99,21 @@ class Signature(BaseModel):
                     f"inputs disagree on the batch dimension (dim 0): {sorted(batch_sizes)}; expected one size"
                 )
 
+    def mismatch(self, declared: Signature, artifact_name: str) -> str | None:
+        """Why `declared` (from config) disagrees with this signature (from the artifact), or None.
+
+        Names, datatypes and ranks must agree; dims may differ (the config may be stricter).
+        """
+        for kind in ("inputs", "outputs"):
+            have = {s.name: s for s in getattr(self, kind)}
+            for spec in getattr(declared, kind):
+                real = have.get(spec.name)
+                if real is None:
+                    return f"declared {kind[:-1]} '{spec.name}' is not in {artifact_name}; it has {', '.join(have)}"
+                if real.datatype != spec.datatype or len(real.shape) != len(spec.shape):
+                    return (f"declared {kind[:-1]} '{spec.name}' is {spec.datatype}{list(spec.shape)} but "
+                            f"{artifact_name} has {real.datatype}{list(real.shape)}")
+        return None
+
     def output_names(self) -> list[str]:
         return [spec.name for spec in self.outputs]

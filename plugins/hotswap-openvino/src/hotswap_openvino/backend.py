@@ -203,7 +203,9 @@ class OpenVINOBackend(Backend):
         self.signature = Signature(inputs=tuple(_spec(p, given) for p in compiled.inputs),
                                    outputs=tuple(_spec(p, given) for p in compiled.outputs))
         if declared is not None:
-            _check_declared(declared, self.signature, artifact)
+            problem = self.signature.mismatch(declared, artifact.name)
+            if problem:
+                raise BackendUnavailable(problem)
         self._compiled, self._options = compiled, options
         # One request per instance: an instance is only ever used by its own worker thread.
         self._request = compiled.create_infer_request()
@@ -249,18 +251,3 @@ def _precision(compiled) -> str:
     if len(set(per_device.values())) == 1:
         return next(iter(per_device.values()))
     return ",".join(f"{dev}={p}" for dev, p in per_device.items()) or "unknown"
-
-
-def _check_declared(declared: Signature, actual: Signature, artifact: Path) -> None:
-    """A declared signature must name the same tensors, datatypes and ranks as the model."""
-    for kind in ("inputs", "outputs"):
-        have = {s.name: s for s in getattr(actual, kind)}
-        for spec in getattr(declared, kind):
-            real = have.get(spec.name)
-            if real is None:
-                raise BackendUnavailable(f"declared {kind[:-1]} '{spec.name}' is not in {artifact.name}; "
-                                         f"it has {', '.join(have)}")
-            if real.datatype != spec.datatype or len(real.shape) != len(spec.shape):
-                raise BackendUnavailable(
-                    f"declared {kind[:-1]} '{spec.name}' is {spec.datatype}{list(spec.shape)} but {artifact.name} "
-                    f"has {real.datatype}{list(real.shape)}")
