@@ -47,6 +47,8 @@ class BatchingConfig(_Strict):
     max_batch_size: int = Field(32, ge=1, description="Most rows (dim 0) in one backend call; 1 disables "
                                 "batching. A single larger request still runs, alone.")
     max_queue_delay_ms: float = Field(2.0, ge=0, description="How long a batch waits to fill after its first request.")
+    adaptive_delay: bool = Field(True, description="Skip the queue delay while waiting has stopped bringing "
+                                 "in more requests (low load); false waits the full delay every time, as Triton.")
     max_queue_size: int = Field(1024, ge=1, description="Most queued requests; more are answered 503 with Retry-After.")
     timeout_ms: float | None = Field(None, gt=0, description="Default request deadline while queued "
                                      "(request parameter `timeout`, ms, overrides); expired requests get 504.")

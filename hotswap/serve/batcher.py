@@ -41,6 +41,8 @@ def stack_key(inputs: Tensors) -> tuple:
     return tuple((name, a.dtype.str, a.shape[1:]) for name, a in inputs.items())
 
 
+PROBE_EVERY = 16
+
 RunBatch = Callable[[int, list[PendingRequest]], Awaitable[None]]
 
 
@@ -59,6 +61,8 @@ class DynamicBatcher:
         self._idle = asyncio.Event()
         self._idle.set()
         self._closed = False
+        self._wait_payoff = 1.0
+        self._decisions = 0
 
     @property
     def queued(self) -> int:
@@ -126,21 +130,38 @@ class DynamicBatcher:
         batch, rows = [first], first.rows
         limit = self.config.max_batch_size
         deadline = first.enqueued + self.config.max_queue_delay_ms / 1000
+        waited, gained = False, 0
         while rows < limit:
             nxt = self._pop(first.key, limit - rows)
             if nxt is not None:
                 batch.append(nxt)
                 rows += nxt.rows
+                gained += waited
                 continue
             remaining = deadline - time.perf_counter()
-            if remaining <= 0:
+            if remaining <= 0 or (not waited and not self._worth_waiting()):
                 break
+            waited = True
             self._arrived.clear()
             try:
                 await asyncio.wait_for(self._arrived.wait(), remaining)
             except asyncio.TimeoutError:
                 break
+        if waited:
+            # Running average of whether waiting brought in more requests (1) or not (0).
+            self._wait_payoff = 0.8 * self._wait_payoff + 0.2 * (gained > 0)
         return batch
+
+    def _worth_waiting(self) -> bool:
+        """Wait for more requests only while waiting has recently paid off.
+
+        At low concurrency a lone request would otherwise pay the full delay for nothing; every
+        PROBE_EVERY-th decision still waits, so rising load is noticed.
+        """
+        if not self.config.adaptive_delay:
+            return True
+        self._decisions += 1
+        return self._wait_payoff >= 0.05 or self._decisions % PROBE_EVERY == 0
 
     async def _worker(self, index: int) -> None:
         while True:

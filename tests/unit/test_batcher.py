@@ -167,6 +167,51 @@ def test_delay_bound_holds():
     run(body())
 
 
+def waits_of(rec: Recorder, requests: list[PendingRequest]) -> list[float]:
+    return [at - r.enqueued for at, r in zip(rec.dispatched_at, requests)]
+
+
+def test_adaptive_delay_stops_waiting_when_waiting_never_pays_off():
+    """One request at a time (concurrency 1): after a few fruitless waits the batcher dispatches
+    at once, except for a periodic probe; with adaptive_delay off every request waits."""
+    async def sequential(adaptive: bool, count: int) -> list[float]:
+        rec = Recorder()
+        batcher = start(rec, max_batch_size=8, max_queue_delay_ms=100, adaptive_delay=adaptive)
+        requests = []
+        for i in range(count):
+            requests.append(submit(batcher, rows_of(i)))
+            await requests[-1].future
+        await batcher.drain_and_stop()
+        assert rec.rows == [1] * count
+        return waits_of(rec, requests)
+
+    async def body():
+        adaptive = await sequential(True, 30)
+        assert min(adaptive[:5]) >= 0.09, "waits while it has not yet learnt that waiting is useless"
+        late = adaptive[-10:]
+        assert sum(w >= 0.09 for w in late) <= 1, f"still waiting at concurrency 1: {late}"
+        assert sum(w < 0.05 for w in late) >= 9
+        fixed = await sequential(False, 4)
+        assert min(fixed) >= 0.09, "adaptive_delay=false waits the full delay every time"
+
+    run(body())
+
+
+def test_adaptive_delay_keeps_waiting_while_requests_keep_arriving():
+    async def body():
+        rec = Recorder()
+        batcher = start(rec, max_batch_size=4, max_queue_delay_ms=200)
+        for round_ in range(20):  # each round: one request, a second one arrives during the wait
+            first = submit(batcher, rows_of(round_))
+            await asyncio.sleep(0.01)
+            second = submit(batcher, rows_of(round_))
+            await asyncio.gather(first.future, second.future)
+        assert rec.rows == [2] * 20, "every round was batched: waiting kept paying off"
+        await batcher.drain_and_stop()
+
+    run(body())
+
+
 def test_zero_delay_dispatches_what_is_there():
     async def body():
         rec = Recorder()
