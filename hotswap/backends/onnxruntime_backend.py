@@ -51,6 +51,8 @@ class OnnxRuntimeOptions(BackendOptions):
     intra_op_threads: int | None = Field(None, ge=0, description="Threads inside one op (0/None = ORT default; "
                                          "split across instances when unset).")
     inter_op_threads: int | None = Field(None, ge=0, description="Threads across ops (parallel mode).")
+    allow_spinning: bool = Field(True, description="Let ORT's idle pool threads spin-wait for work. Faster "
+                                 "alone; off gives the cores back to the HTTP loop and other instances sooner.")
     graph_optimization_level: Literal["disable", "basic", "extended", "all"] = Field(
         "all", description="ORT graph optimisations.")
 
@@ -133,6 +135,9 @@ class OnnxRuntimeBackend(Backend):
                                               _OPT_LEVELS[options.graph_optimization_level])
         if options.intra_op_threads is not None:
             so.intra_op_num_threads = options.intra_op_threads
+        if not options.allow_spinning:
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            so.add_session_config_entry("session.inter_op.allow_spinning", "0")
         if options.inter_op_threads is not None:
             so.inter_op_num_threads = options.inter_op_threads
             so.execution_mode = onnxruntime.ExecutionMode.ORT_PARALLEL
