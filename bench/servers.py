@@ -34,21 +34,19 @@ def _v2_embedding(response: dict) -> list[float]:
 
 
 def hotswap(tmp: Path, logs: Path, sentence: str, max_batch: int, delay_ms: float, cpus: str | None,
-            extra: dict | None = None, label: str = "hotswap", patch: dict | None = None) -> Target:
-    """`hotswap serve` with a generated config; `extra` overrides model keys; `patch` (environment
-    for peers/hotswap_patched.py, e.g. {"BENCH_BATCHER": "adaptive"}) applies a what-if in memory."""
+            extra: dict | None = None, label: str = "hotswap", batching: dict | None = None) -> Target:
+    """`hotswap serve` with a generated config; `extra` overrides model keys, `batching` batching keys."""
     port = free_port()
     model = {"name": "minilm", "source": "builtin:minilm", "backends": [{"name": "onnxruntime"}],
-             "batching": {"max_batch_size": max_batch, "max_queue_delay_ms": delay_ms, "max_queue_size": 4096},
+             "batching": {"max_batch_size": max_batch, "max_queue_delay_ms": delay_ms, "max_queue_size": 4096,
+                          **(batching or {})},
              **(extra or {})}
     config = {"server": {"host": "127.0.0.1", "port": port, "log_level": "warning"}, "models": [model]}
     path = tmp / f"{label}-b{max_batch}.yaml"
     path.write_text(json.dumps(config, indent=2))  # JSON is YAML
     python = REPO / ".venv" / "bin" / "python"
-    entry = [str(PEERS / "hotswap_patched.py")] if patch else ["-m", "hotswap.cli"]
-    env = {**os.environ, **patch} if patch else None
-    server = Server(label, [str(python), *entry, "serve", "--config", str(path), "--port", str(port)],
-                    f"http://127.0.0.1:{port}/v2/health/ready", logs / f"{label}-b{max_batch}.log", env=env,
+    server = Server(label, [str(python), "-m", "hotswap.cli", "serve", "--config", str(path), "--port", str(port)],
+                    f"http://127.0.0.1:{port}/v2/health/ready", logs / f"{label}-b{max_batch}.log",
                     cpus=cpus)
     return Target(server, f"http://127.0.0.1:{port}/v2/models/minilm/infer", _v2_body(sentence), _v2_embedding)
 

@@ -5,9 +5,7 @@ variants of the hotswap server, to size the server changes suggested in docs/BEN
     .venv/bin/python bench/whatif.py --variants baseline,delay0 --repeat 2 --concurrency 1,8,32,64
 
 Variants run in turn (ABAB... with --repeat) so slow drift of the machine shows up as spread.
-Writes bench/results/whatif-<date>.json and prints a markdown table. hotswap's code is not changed:
-`nospin` and `adaptive` go
-through bench/peers/hotswap_patched.py, which patches the server process in memory.
+Writes bench/results/whatif-<date>.json and prints a markdown table. Every variant is a config.
 """
 
 from __future__ import annotations
@@ -25,16 +23,16 @@ import raw as rawbench  # noqa: E402
 import servers  # noqa: E402
 from harness import BENCH, log, run_hey, wait_quiet  # noqa: E402
 
-#: name -> (description, max_batch, delay_ms, model config overrides, peers/hotswap_patched.py environment)
+#: name -> (description, max_batch, delay_ms, model config overrides, batching overrides)
 VARIANTS = {
     "baseline": ("as bench/throughput.py: max batch 32, 2 ms", 32, 2.0, {}, None),
     "delay0": ("max_queue_delay_ms 0: dispatch whatever is queued, never wait", 32, 0.0, {}, None),
     "batch64": ("max_batch_size 64", 64, 2.0, {}, None),
     "instances2": ("instances 2 (onnxruntime intra-op threads 1 each)", 32, 2.0, {"instances": 2}, None),
-    "nospin": ("session.intra_op.allow_spinning=0", 32, 2.0, {},
-               {"BENCH_ORT_CONFIG": "session.intra_op.allow_spinning=0"}),
-    "adaptive": ("batcher waits only after a multi-row batch (patched in memory)", 32, 2.0, {},
-                 {"BENCH_BATCHER": "adaptive"}),
+    "nospin": ("onnxruntime allow_spinning: false", 32, 2.0,
+               {"backends": [{"name": "onnxruntime", "allow_spinning": False}]}, None),
+    "fixed_delay": ("adaptive_delay: false (always wait the full 2 ms, as Triton)", 32, 2.0, {},
+                    {"adaptive_delay": False}),
     "unbatched": ("max_batch_size 1", 1, 2.0, {}, None),
 }
 
@@ -55,8 +53,8 @@ def main() -> None:
     tmp, logs, rows = Path(tempfile.mkdtemp(prefix="hotswap-whatif-")), BENCH / "results" / "logs", []
     for rep in range(a.repeat):
         for name in names:
-            _, mb, delay, extra, ort = VARIANTS[name]
-            target = servers.hotswap(tmp, logs, rawbench.SENTENCE, mb, delay, None, extra, f"whatif-{name}", ort)
+            _, mb, delay, extra, batching = VARIANTS[name]
+            target = servers.hotswap(tmp, logs, rawbench.SENTENCE, mb, delay, None, extra, f"whatif-{name}", batching)
             body = tmp / "body.json"
             body.write_bytes(target.body)
             try:
