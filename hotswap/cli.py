@@ -1,4 +1,4 @@
-"""`hotswap serve | backends | prepare`."""
+"""`hotswap serve | backends | compare | prepare`."""
 
 from __future__ import annotations
 
@@ -75,6 +75,40 @@ def backends() -> None:
                           version, target, status)
     for name, error in sorted(registry.failed.items()):
         table.add_row(name, registry.distributions.get(name, ""), "", "-", f"[red]import failed[/red]: {error}")
+    Console(width=200).print(table)
+
+
+@app.command()
+def compare(
+    config: Path = typer.Option(..., "--config", "-c", help="YAML config file."),
+    model: str | None = typer.Option(None, help="Model name (default: the first)."),
+    batch: int = typer.Option(4, min=1, help="Rows per call."),
+    runs: int = typer.Option(10, min=1, help="Timed calls per backend."),
+) -> None:
+    """Run a model on every backend of its chain that loads here: max abs error against the first
+    one that loaded, and median latency, side by side."""
+    from hotswap.compare import compare_chain
+
+    registry = discover_backends()
+    try:
+        cfg = load_config(config, registry)
+    except HotswapError as exc:
+        console.print(f"[red]config error[/red]\n{exc}")
+        raise typer.Exit(2) from None
+    chosen = cfg.model(model) if model else (cfg.models[0] if cfg.models else None)
+    if chosen is None:
+        console.print(f"[red]no model {model!r} in {config}[/red]")
+        raise typer.Exit(2)
+    _setup_logging("warning")
+    table = Table(title=f"{chosen.name}: batch {batch}, {runs} runs each, error vs the first backend that loaded")
+    for column in ("#", "backend", "device", "max abs error", "p50 ms"):
+        table.add_column(column)
+    for r in compare_chain(chosen, registry, config.resolve().parent, batch, runs):
+        if r.skipped:
+            table.add_row(str(r.position), r.label, "-", f"[yellow]skipped[/yellow]: {r.skipped}", "-")
+        else:
+            errors = ", ".join(f"{name} {err:.1e}" for name, err in r.max_abs_error.items())
+            table.add_row(str(r.position), r.label, r.device, errors, f"{r.p50_ms:.2f}")
     Console(width=200).print(table)
 
 
