@@ -24,6 +24,16 @@ def _setup_logging(level: str) -> None:
                         handlers=[RichHandler(console=console, show_path=False)])
 
 
+def _load(config: Path):
+    """The discovered backends and the validated config; a config error exits with status 2."""
+    registry = discover_backends()
+    try:
+        return registry, load_config(config, registry)
+    except HotswapError as exc:
+        console.print(f"[red]config error[/red]\n{exc}")
+        raise typer.Exit(2) from None
+
+
 @app.command()
 def serve(
     config: Path = typer.Option(..., "--config", "-c", help="YAML config file."),
@@ -35,12 +45,7 @@ def serve(
 
     from hotswap.serve.app import create_app
 
-    registry = discover_backends()
-    try:
-        cfg = load_config(config, registry)
-    except HotswapError as exc:
-        console.print(f"[red]config error[/red]\n{exc}")
-        raise typer.Exit(2) from None
+    registry, cfg = _load(config)
     if host is not None:
         cfg.server.host = host
     if port is not None:
@@ -89,12 +94,7 @@ def compare(
     one that loaded, and median latency, side by side."""
     from hotswap.compare import compare_chain
 
-    registry = discover_backends()
-    try:
-        cfg = load_config(config, registry)
-    except HotswapError as exc:
-        console.print(f"[red]config error[/red]\n{exc}")
-        raise typer.Exit(2) from None
+    registry, cfg = _load(config)
     chosen = cfg.model(model) if model else (cfg.models[0] if cfg.models else None)
     if chosen is None:
         console.print(f"[red]no model {model!r} in {config}[/red]")

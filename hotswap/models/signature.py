@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from functools import cached_property
+
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from hotswap.errors import InvalidInput
-from hotswap.models.datatypes import DATATYPES, numpy_dtype
+from hotswap.models.datatypes import DATATYPES, numpy_dtype, v2_datatype
 
 Tensors = dict[str, np.ndarray]
 
@@ -66,8 +68,6 @@ class TensorSpec(BaseModel):
 
 
 def _v2_name(dtype: np.dtype) -> str:
-    from hotswap.models.datatypes import v2_datatype
-
     try:
         return v2_datatype(dtype)
     except KeyError:
@@ -82,9 +82,13 @@ class Signature(BaseModel):
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
 
+    @cached_property
+    def _inputs_by_name(self) -> dict[str, TensorSpec]:
+        return {spec.name: spec for spec in self.inputs}  # built once, read per request
+
     def check_inputs(self, inputs: Tensors) -> None:
         """Raise InvalidInput naming the first missing, unknown or mismatched input."""
-        expected = {spec.name: spec for spec in self.inputs}
+        expected = self._inputs_by_name
         for name in inputs:
             if name not in expected:
                 raise InvalidInput(f"input '{name}' is not an input of this model; expected {', '.join(expected)}")
