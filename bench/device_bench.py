@@ -58,12 +58,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     source = prepare(hotswap_home())
-    processor = make_processor(source.processor, source.base_dir)
     sentences = np.array([b"A man is eating food.", SENTENCE.encode(), "Größe, café".encode()], dtype=object)
 
     cpu = OnnxRuntimeBackend()
-    cpu.load(source.artifact_for(cpu.formats), OnnxRuntimeBackend.Options())
-    processor.signature(cpu.signature)
+    signature = cpu.load(source.artifact_for(cpu.formats), OnnxRuntimeBackend.Options())
+    processor = make_processor(source.processor, source.base_dir, signature)
     reference_in = processor.preprocess({"text": sentences})
     reference = processor.postprocess(reference_in, cpu.infer(reference_in))["embedding"]
 

@@ -12,8 +12,9 @@ from rich.logging import RichHandler
 from rich.table import Table
 
 from hotswap.backends.registry import discover_backends
+from hotswap.config import load_config
 from hotswap.errors import HotswapError
-from hotswap.models.config import load_config
+from hotswap.models.processing import validate_processor_options
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="One inference endpoint, any accelerator.")
 console = Console(stderr=True)
@@ -28,7 +29,9 @@ def _load(config: Path):
     """The discovered backends and the validated config; a config error exits with status 2."""
     registry = discover_backends()
     try:
-        return registry, load_config(config, registry)
+        cfg = load_config(config, registry)
+        validate_processor_options(cfg, str(config))
+        return registry, cfg
     except HotswapError as exc:
         console.print(f"[red]config error[/red]\n{exc}")
         raise typer.Exit(2) from None
@@ -41,9 +44,8 @@ def serve(
     port: int | None = typer.Option(None, help="Override server.port."),
 ) -> None:
     """Serve the configured models over the Open Inference Protocol v2 (HTTP)."""
-    import uvicorn
-
     from hotswap.serve.app import create_app
+    from hotswap.serve.server import HotswapServer, uvicorn_config
 
     registry, cfg = _load(config)
     if host is not None:
@@ -51,10 +53,12 @@ def serve(
     if port is not None:
         cfg.server.port = port
     _setup_logging(cfg.server.log_level)
-    application = create_app(cfg, registry, config_dir=config.resolve().parent, progress=sys.stderr.isatty())
-    server = uvicorn.Server(uvicorn.Config(
-        application, host=cfg.server.host, port=cfg.server.port, log_level=cfg.server.log_level,
-        timeout_graceful_shutdown=cfg.server.graceful_timeout_s, log_config=None, access_log=False))
+    try:
+        application = create_app(cfg, registry, config_dir=config.resolve().parent, progress=sys.stderr.isatty())
+    except HotswapError as exc:
+        console.print(f"[red]config error[/red]\n{config}: {exc}")
+        raise typer.Exit(2) from None
+    server = HotswapServer(uvicorn_config(application, cfg.server), application.state.dataplane)
     server.run()
     if not server.started:  # lifespan failed: a model could not load
         raise typer.Exit(1)

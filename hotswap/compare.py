@@ -15,9 +15,9 @@ import numpy as np
 
 from hotswap.backends.registry import BackendRegistry
 from hotswap.backends.selection import select_backend
+from hotswap.config import ModelConfig
 from hotswap.errors import BackendUnavailable
-from hotswap.models.config import ModelConfig
-from hotswap.models.processing import make_processor
+from hotswap.models.pipeline import Pipeline
 from hotswap.models.signature import Signature, Tensors
 from hotswap.models.sources import resolve_source
 
@@ -52,11 +52,30 @@ def sample_inputs(signature: Signature, batch: int, seed: int = 0) -> Tensors:
     return inputs
 
 
+def _time_entry(pipeline: Pipeline, inputs: Tensors, runs: int) -> tuple[Tensors, float]:
+    """The outputs and the median seconds of `runs` calls, after one warm-up call."""
+    timings: list[float] = []
+    outputs: Tensors = {}
+    for _ in range(runs + 1):
+        started = time.perf_counter()
+        outputs, _ = pipeline.run(pipeline.check(inputs))
+        timings.append(time.perf_counter() - started)
+    return outputs, statistics.median(timings[1:])
+
+
+def max_abs_errors(outputs: Tensors, reference: Tensors) -> dict[str, float]:
+    """Largest absolute difference per numeric output."""
+    return {name: float(np.abs(np.asarray(out, np.float64) - np.asarray(reference[name], np.float64)).max())
+            for name, out in outputs.items() if out.dtype.kind in "fiub"}
+
+
 def compare_chain(model: ModelConfig, registry: BackendRegistry, config_dir: Path | None = None,
                   batch: int = 4, runs: int = 10) -> list[EntryResult]:
     """Load each chain entry alone, feed all the same inputs, compare with the first that loaded."""
     source = resolve_source(model.source, config_dir)
-    results, reference, inputs = [], None, None
+    results: list[EntryResult] = []
+    reference: Tensors | None = None
+    inputs: Tensors | None = None
     for position, entry in enumerate(model.backends):
         result = EntryResult(position, entry.label())
         results.append(result)
@@ -64,24 +83,16 @@ def compare_chain(model: ModelConfig, registry: BackendRegistry, config_dir: Pat
         try:
             _, backend = select_backend(single, source, registry)
         except BackendUnavailable as exc:
-            result.skipped = str(exc).split(": ", 2)[-1].strip()
+            result.skipped = exc.skipped[0].reason if exc.skipped else str(exc)
             continue
+        pipeline = Pipeline(backend, model.processor or source.processor, source.base_dir)
         try:
-            processor = make_processor(model.processor or source.processor, source.base_dir)
-            public = processor.signature(backend.signature)
-            inputs = inputs if inputs is not None else sample_inputs(public, batch)
+            inputs = inputs if inputs is not None else sample_inputs(pipeline.signature, batch)
             result.device = backend.describe().get("device", "")
-            timings, outputs = [], {}
-            for _ in range(runs + 1):  # the first call is a warm-up
-                started = time.perf_counter()
-                prepared = processor.preprocess(inputs)
-                outputs = processor.postprocess(prepared, backend.infer(prepared))
-                timings.append(time.perf_counter() - started)
-            result.p50_ms = statistics.median(timings[1:]) * 1000
+            outputs, seconds = _time_entry(pipeline, inputs, runs)
+            result.p50_ms = seconds * 1000
         finally:
-            backend.close()
+            pipeline.close()
         reference = reference if reference is not None else outputs
-        result.max_abs_error = {name: float(np.abs(np.asarray(out, np.float64) -
-                                                   np.asarray(reference[name], np.float64)).max())
-                                for name, out in outputs.items() if out.dtype.kind in "fiub"}
+        result.max_abs_error = max_abs_errors(outputs, reference)
     return results

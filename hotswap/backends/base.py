@@ -4,26 +4,32 @@ A backend is a small synchronous class. The runner creates one instance per conf
 `instances`, gives each its own worker thread, and calls:
 
     reason = Backend.probe(options)          # str: why it cannot run here; None: it can
+    options = Backend.tune_for_instances(options, instances)
     backend = Backend()
-    signature = backend.load(artifact, options, declared)   # may raise BackendUnavailable
+    backend.load(artifact, options, declared)   # sets backend.signature; may raise BackendUnavailable
     outputs = backend.infer({"x": array})    # batched on dim 0; validates, then run()
     backend.describe()                       # {"device": "cuda:0", "providers": ..., "precision": ...}
+    backend.memory_bytes()                   # accelerator bytes in use, or None
     backend.close()                          # idempotent
 
-Subclasses implement `probe`, `load`, `run`, `describe` and `close`; `infer` checks the
-inputs against the loaded signature first, so every backend rejects a missing input, a
-wrong dtype or a wrong rank with the same `InvalidInput` message.
+Subclasses implement `probe`, `_load`, `run`, `describe` and `close`. Two template methods
+in this class do the shared work so no backend can skip it: `load` probes again (the probe
+ran in another thread, maybe long before), calls `_load`, checks the result against the
+declared signature and stores it; `infer` checks the inputs against that signature, so
+every backend rejects a missing input, a wrong dtype or a wrong rank with the same
+`InvalidInput` message.
 """
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Generic, TypeVar, final
 
 from pydantic import BaseModel, ConfigDict
 
-from hotswap.errors import BackendError, InvalidInput
+from hotswap.errors import BackendError, BackendUnavailable, InvalidInput
 from hotswap.models.signature import Signature, Tensors
 
 
@@ -33,8 +39,20 @@ class BackendOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class Backend(ABC):
-    """One loaded model on one device. Synchronous; one worker thread per instance."""
+OptionsT = TypeVar("OptionsT", bound=BackendOptions)
+
+
+def threads_per_instance(instances: int) -> int:
+    """CPU threads for one of `instances` instances, so together they use each core once."""
+    return max(1, (os.cpu_count() or 1) // instances)
+
+
+class Backend(ABC, Generic[OptionsT]):
+    """One loaded model on one device. Synchronous; one worker thread per instance.
+
+    Subclass it as `Backend[MyOptions]` so `probe`, `_load` and `tune_for_instances` take
+    `MyOptions`; a plain `Backend` subclass takes any options.
+    """
 
     #: Name used in config (`backends: [{name: ...}]`) and in metric labels.
     name: ClassVar[str]
@@ -43,6 +61,7 @@ class Backend(ABC):
     #: Artifact file suffixes this backend can load, most preferred first (".onnx", ".pt").
     formats: ClassVar[tuple[str, ...]] = ()
 
+    #: What the loaded model serves; None until `load` succeeds.
     signature: Signature | None = None
 
     @classmethod
@@ -52,7 +71,7 @@ class Backend(ABC):
 
     @classmethod
     @abstractmethod
-    def probe(cls, options: BackendOptions) -> str | None:
+    def probe(cls, options: OptionsT) -> str | None:
         """Why this backend cannot run with `options` here, or None if it can.
 
         Must not initialise a device: it runs in the server process before workers exist.
@@ -64,17 +83,36 @@ class Backend(ABC):
         return {}
 
     @classmethod
-    def tune_for_instances(cls, options: BackendOptions, instances: int) -> BackendOptions:
+    def tune_for_instances(cls, options: OptionsT, instances: int) -> OptionsT:
         """Options for one of `instances` instances sharing this machine (e.g. split CPU threads)."""
         return options
 
-    @abstractmethod
-    def load(self, artifact: Path, options: BackendOptions, declared: Signature | None = None) -> Signature:
-        """Load `artifact` and return the signature served.
+    @final
+    def load(self, artifact: Path, options: OptionsT, declared: Signature | None = None) -> Signature:
+        """Load `artifact`, set `self.signature` and return it. Subclasses implement `_load`.
 
-        `declared` is the signature from config; formats that carry their own (ONNX) check
-        it against the artifact, formats that do not (TorchScript) require it.
-        Raises BackendUnavailable when the device or runtime does not do what was asked.
+        `declared` is the signature from config. Raises BackendUnavailable when the probe
+        says no, when the device or runtime does not do what was asked, or when the
+        artifact's names, datatypes or ranks disagree with `declared`.
+        """
+        reason = self.probe(options)
+        if reason:
+            raise BackendUnavailable(reason)
+        signature = self._load(artifact, options, declared)
+        if declared is not None:
+            problem = signature.mismatch(declared, artifact.name)
+            if problem:
+                raise BackendUnavailable(problem)
+        self.signature = signature
+        return signature
+
+    @abstractmethod
+    def _load(self, artifact: Path, options: OptionsT, declared: Signature | None) -> Signature:
+        """Load `artifact` on the device `options` name; return the signature it serves.
+
+        Formats that carry their own signature (ONNX) return it and `load` checks it against
+        `declared`; formats that do not (TorchScript) return `declared` and raise
+        BackendUnavailable when it is None. Called only after `probe` said yes.
         """
 
     @abstractmethod
@@ -84,6 +122,10 @@ class Backend(ABC):
     @abstractmethod
     def describe(self) -> dict[str, str]:
         """What really runs: at least `device`; also providers, precision, runtime version."""
+
+    def memory_bytes(self) -> int | None:
+        """Accelerator memory this instance holds, in bytes, or None where the runtime does not say."""
+        return None
 
     @abstractmethod
     def close(self) -> None:

@@ -9,14 +9,13 @@ would run on CPU fails at load with the provider's name instead.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field, field_validator
 
-from hotswap.backends.base import Backend, BackendOptions
+from hotswap.backends.base import Backend, BackendOptions, threads_per_instance
 from hotswap.errors import BackendUnavailable, InvalidInput
 from hotswap.models.signature import Signature, Tensors, TensorSpec
 
@@ -83,7 +82,7 @@ def _dims(shape: list) -> tuple[int, ...]:
     return tuple(d if isinstance(d, int) and d >= 0 else -1 for d in shape)
 
 
-class OnnxRuntimeBackend(Backend):
+class OnnxRuntimeBackend(Backend[OnnxRuntimeOptions]):
     """ONNX models on onnxruntime with explicit, verified execution providers."""
 
     name = "onnxruntime"
@@ -91,7 +90,7 @@ class OnnxRuntimeBackend(Backend):
     formats = (".onnx",)
 
     def __init__(self) -> None:
-        self._session = None
+        self._session: Any = None  # an InferenceSession; onnxruntime is imported lazily, in the worker thread
         self._options: OnnxRuntimeOptions | None = None
         self._output_names: list[str] = []
         self._string_inputs: list[str] = []
@@ -124,7 +123,7 @@ class OnnxRuntimeBackend(Backend):
     def tune_for_instances(cls, options: OnnxRuntimeOptions, instances: int) -> OnnxRuntimeOptions:
         # N sessions each sized to every core would oversubscribe the CPU N times over.
         if instances > 1 and options.intra_op_threads is None:
-            return options.model_copy(update={"intra_op_threads": max(1, (os.cpu_count() or 1) // instances)})
+            return options.model_copy(update={"intra_op_threads": threads_per_instance(instances)})
         return options
 
     def _session_options(self, options: OnnxRuntimeOptions):
@@ -147,12 +146,9 @@ class OnnxRuntimeBackend(Backend):
             so.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
         return so
 
-    def load(self, artifact: Path, options: OnnxRuntimeOptions, declared: Signature | None = None) -> Signature:
+    def _load(self, artifact: Path, options: OnnxRuntimeOptions, declared: Signature | None) -> Signature:
         import onnxruntime
 
-        reason = self.probe(options)
-        if reason:
-            raise BackendUnavailable(reason)
         providers = [(p.name, {k: str(v) for k, v in p.options.items()}) for p in options.providers]
         try:
             session = onnxruntime.InferenceSession(str(artifact), sess_options=self._session_options(options),
@@ -166,20 +162,16 @@ class OnnxRuntimeBackend(Backend):
         if missing:
             raise BackendUnavailable(f"onnxruntime did not activate {', '.join(missing)} "
                                      f"(active: {', '.join(active)}); refusing to run on another device")
-        self._session, self._options = session, options
-        self.signature = Signature(
+        signature = Signature(
             inputs=tuple(TensorSpec(name=i.name, datatype=_v2(i.type), shape=_dims(i.shape))
                          for i in session.get_inputs()),
             outputs=tuple(TensorSpec(name=o.name, datatype=_v2(o.type), shape=_dims(o.shape))
                           for o in session.get_outputs()),
         )
-        self._output_names = self.signature.output_names()
-        self._string_inputs = [s.name for s in self.signature.inputs if s.datatype == "BYTES"]
-        if declared is not None:
-            problem = self.signature.mismatch(declared, artifact.name)
-            if problem:
-                raise BackendUnavailable(problem)
-        return self.signature
+        self._session, self._options = session, options
+        self._output_names = signature.output_names()
+        self._string_inputs = [s.name for s in signature.inputs if s.datatype == "BYTES"]
+        return signature
 
     def run(self, inputs: Tensors) -> Tensors:
         for name in self._string_inputs:

@@ -8,13 +8,14 @@ model runs where it runs. A chain of one entry is strict: its reason is the erro
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from pydantic import ValidationError
 
 from hotswap.backends.base import Backend, BackendOptions
 from hotswap.backends.registry import BackendRegistry
+from hotswap.config import BackendEntry, ModelConfig, format_validation_error
 from hotswap.errors import BackendUnavailable
-from hotswap.models.config import BackendEntry, ModelConfig, format_validation_error
 from hotswap.models.sources import ModelSource
 
 
@@ -26,7 +27,7 @@ class SkippedEntry:
     label: str
     reason: str
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, int | str]:
         return {"position": self.position, "backend": self.label, "reason": self.reason}
 
 
@@ -45,7 +46,8 @@ class Selection:
         return self.entry.label()
 
 
-def _prepare_entry(position: int, entry: BackendEntry, registry: BackendRegistry, source: ModelSource):
+def _prepare_entry(entry: BackendEntry, registry: BackendRegistry,
+                   source: ModelSource) -> str | tuple[type[Backend], BackendOptions, Path]:
     """(backend class, options, artifact) for an entry, or a reason it cannot be used."""
     cls = registry.get(entry.name)
     if cls is None:
@@ -77,7 +79,7 @@ def select_backend(model: ModelConfig, source: ModelSource, registry: BackendReg
     skipped: list[SkippedEntry] = []
     declared = model.declared_signature()
     for position, entry in enumerate(model.backends):
-        prepared = _prepare_entry(position, entry, registry, source)
+        prepared = _prepare_entry(entry, registry, source)
         if isinstance(prepared, str):
             reason = prepared
         else:
@@ -95,11 +97,14 @@ def select_backend(model: ModelConfig, source: ModelSource, registry: BackendReg
                 return selection, backend
         skipped.append(SkippedEntry(position, entry.label(), reason))
     lines = "\n".join(f"  #{s.position} {s.label}: {s.reason}" for s in skipped)
-    raise BackendUnavailable(f"model '{model.name}': no backend in its chain could load:\n{lines}")
+    raise BackendUnavailable(f"model '{model.name}': no backend in its chain could load:\n{lines}", skipped)
 
 
 def load_instance(selection: Selection, source: ModelSource, model: ModelConfig) -> Backend:
     """Load one more instance of an already-selected backend (in its own worker thread)."""
+    artifact = source.artifact_for(selection.backend_cls.formats)
+    if artifact is None:  # the selection came from this source, so only a changed source gets here
+        raise BackendUnavailable(f"model '{model.name}': the source no longer has a {selection.label} artifact")
     backend = selection.backend_cls()
-    backend.load(source.artifact_for(selection.backend_cls.formats), selection.options, model.declared_signature())
+    backend.load(artifact, selection.options, model.declared_signature())
     return backend

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import os
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from hotswap.backends.base import Backend, BackendOptions
+from hotswap.backends.base import Backend, BackendOptions, threads_per_instance
 from hotswap.errors import BackendUnavailable
 from hotswap.models.signature import Signature, Tensors, TensorSpec
 
@@ -50,6 +49,8 @@ class TorchOptions(BackendOptions):
 
 def _split_device(device: str) -> tuple[str, int | None]:
     match = _DEVICE_RE.match(device)
+    if match is None:  # TorchOptions validates the syntax; this guards options built without validation
+        raise ValueError(f"'{device}' is not a torch device string like 'cpu', 'cuda:0' or 'npu:0'")
     index = match["index"]
     return match["type"], int(index) if index is not None else None
 
@@ -70,7 +71,7 @@ def _import_extension(device_type: str) -> str | None:
     return None
 
 
-class TorchBackend(Backend):
+class TorchBackend(Backend[TorchOptions]):
     """TorchScript (.pt, .ts) and torch.export (.pt2) programs under torch.inference_mode."""
 
     name = "torch"
@@ -78,10 +79,11 @@ class TorchBackend(Backend):
     formats = (".pt2", ".pt", ".ts", ".torchscript")
 
     def __init__(self) -> None:
-        self._module = None
+        # torch types are Any here: torch is imported lazily, in the worker thread.
+        self._module: Any = None
         self._options: TorchOptions | None = None
-        self._device = None
-        self._dtype = None
+        self._device: Any = None
+        self._dtype: Any = None
         self._input_names: list[str] = []
         self._output_names: list[str] = []
 
@@ -123,15 +125,12 @@ class TorchBackend(Backend):
     def tune_for_instances(cls, options: TorchOptions, instances: int) -> TorchOptions:
         # torch's CPU thread pool is process-wide: size it for all instances together.
         if instances > 1 and options.threads is None and options.device == "cpu":
-            return options.model_copy(update={"threads": max(1, (os.cpu_count() or 1) // instances)})
+            return options.model_copy(update={"threads": threads_per_instance(instances)})
         return options
 
-    def load(self, artifact: Path, options: TorchOptions, declared: Signature | None = None) -> Signature:
+    def _load(self, artifact: Path, options: TorchOptions, declared: Signature | None) -> Signature:
         import torch
 
-        reason = self.probe(options)
-        if reason:
-            raise BackendUnavailable(reason)
         device = torch.device(options.device)
         dtype = getattr(torch, options.dtype)
         if options.threads:
@@ -152,17 +151,16 @@ class TorchBackend(Backend):
         self._module, self._options, self._device, self._dtype = module, options, device, dtype
         self._input_names = [s.name for s in signature.inputs]
         self._output_names = signature.output_names()
-        self.signature = signature
         if options.verify:
-            self._verify(device)
+            self._verify(device, signature)
         return signature
 
-    def _verify(self, device) -> None:
+    def _verify(self, device: Any, signature: Signature) -> None:
         """Parameters and a warm-up output must be on `device`: never a silent CPU run."""
         wrong = {str(p.device) for p in self._module.parameters() if p.device.type != device.type}
         if wrong:
             raise BackendUnavailable(f"torch module parameters are on {sorted(wrong)}, not {device}")
-        warm = {s.name: s.example() for s in self.signature.inputs}
+        warm = {s.name: s.example() for s in signature.inputs}
         try:
             raw = self._forward(warm)
         except Exception as exc:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from hotswap.models.config import ProcessorConfig
+from hotswap.config import ProcessorConfig
 from hotswap.models.sources import ModelSource
 
 log = logging.getLogger("hotswap.models.minilm")

@@ -7,8 +7,11 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hotswap.config import ProcessorConfig
 from hotswap.errors import ConfigError
-from hotswap.models.config import ProcessorConfig
+
+#: Files a folder source offers to backends (ONNX, TorchScript, torch.export, OpenVINO IR).
+ARTIFACT_SUFFIXES = (".onnx", ".pt", ".pt2", ".xml")
 
 #: builtin:<name> -> "module:function" returning a ModelSource; preparation is offline.
 BUILTIN_RECIPES = {"minilm": "hotswap.models.minilm:prepare"}
@@ -56,5 +59,16 @@ def resolve_source(source: str, config_dir: Path | None = None, progress: bool =
     if not path.is_absolute() and config_dir is not None:
         path = config_dir / path
     if not path.exists():
-        raise ConfigError(f"source: artifact {path} does not exist")
+        raise ConfigError(f"source: {source} does not exist")
+    if path.is_dir():
+        return _folder_source(source, path)
     return ModelSource(artifacts=[path])
+
+
+def _folder_source(source: str, folder: Path) -> ModelSource:
+    """A folder of artifacts of one model in several formats: each backend takes its own."""
+    artifacts = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in ARTIFACT_SUFFIXES)
+    if not artifacts:
+        raise ConfigError(f"source: folder {source} holds no model artifact "
+                          f"({', '.join(ARTIFACT_SUFFIXES)})")
+    return ModelSource(artifacts=artifacts)

@@ -16,6 +16,7 @@ from typing import Literal
 
 import numpy as np
 from pydantic import Field
+from tokenizers import Tokenizer
 
 from hotswap.errors import BackendError, ConfigError, InvalidInput
 from hotswap.models.processing import Processor, ProcessorOptions
@@ -42,36 +43,20 @@ class TextEmbeddingOptions(ProcessorOptions):
     normalize: bool = Field(True, description="Scale each embedding to unit L2 norm.")
 
 
-class TextEmbeddingProcessor(Processor):
+class TextEmbeddingProcessor(Processor[TextEmbeddingOptions]):
     """Tokenises text for a BERT-like backend and pools its token embeddings."""
 
     name = "text-embedding"
     Options = TextEmbeddingOptions
 
-    def __init__(self, options: TextEmbeddingOptions, base_dir: Path) -> None:
-        super().__init__(options, base_dir)
-        from tokenizers import Tokenizer
+    def __init__(self, options: TextEmbeddingOptions, base_dir: Path, backend_signature: Signature) -> None:
+        self.tokenizer = _load_tokenizer(options, Path(base_dir))
+        # Filled by bind(), which super().__init__ calls: so these defaults must come first.
+        self._backend_inputs: tuple[str, ...] = ()
+        self._backend_output = ""
+        super().__init__(options, base_dir, backend_signature)
 
-        path = Path(options.tokenizer).expanduser()
-        if not path.is_absolute():
-            path = Path(base_dir) / path
-        try:
-            tokenizer = Tokenizer.from_file(str(path))
-        except Exception as exc:
-            raise ConfigError(f"processor.tokenizer: cannot load {path}: {exc}") from None
-        padding = tokenizer.padding or {}  # keep the file's pad token, but pad to the batch's longest row
-        pad_token = padding.get("pad_token", "[PAD]")
-        pad_id = padding.get("pad_id", tokenizer.token_to_id(pad_token) or 0)
-        tokenizer.no_padding()
-        tokenizer.enable_padding(direction="right", pad_id=pad_id, pad_type_id=padding.get("pad_type_id", 0),
-                                 pad_token=pad_token)
-        tokenizer.enable_truncation(options.max_length)
-        self.tokenizer = tokenizer
-        self._backend_inputs: tuple[str, ...] = TOKEN_INPUTS
-        self._backend_output: str | None = None
-        self._hidden = -1
-
-    def signature(self, backend_signature: Signature) -> Signature:
+    def bind(self, backend_signature: Signature) -> Signature:
         names = [spec.name for spec in backend_signature.inputs]
         missing = [name for name in _REQUIRED if name not in names]
         if missing:
@@ -87,10 +72,17 @@ class TextEmbeddingProcessor(Processor):
         chosen = next((outputs[n] for n in _EMBEDDING_OUTPUTS if n in outputs), backend_signature.outputs[0])
         self._backend_inputs = tuple(names)
         self._backend_output = chosen.name
-        self._hidden = chosen.shape[-1] if len(chosen.shape) == 3 else -1
+        hidden = chosen.shape[-1] if len(chosen.shape) == 3 else -1
         opts = self.options
         return Signature(inputs=(TensorSpec(name=opts.input_name, datatype="BYTES", shape=(-1,)),),
-                         outputs=(TensorSpec(name=opts.output_name, datatype="FP32", shape=(-1, self._hidden)),))
+                         outputs=(TensorSpec(name=opts.output_name, datatype="FP32", shape=(-1, hidden)),))
+
+    def check(self, inputs: Tensors) -> Tensors:
+        """Decode the text here, per request: one client's invalid UTF-8 gets its own 400, not a failed batch."""
+        name = self.options.input_name
+        values = np.asarray(inputs[name])
+        texts = [_decode(value, i, name) for i, value in enumerate(values.reshape(-1))]
+        return inputs | {name: np.array(texts, dtype=object).reshape(values.shape)}
 
     def preprocess(self, inputs: Tensors) -> Tensors:
         texts = [_decode(value, i, self.options.input_name)
@@ -120,7 +112,26 @@ class TextEmbeddingProcessor(Processor):
         return {self.options.output_name: np.ascontiguousarray(pooled, dtype=np.float32)}
 
 
-def _decode(value, index: int, input_name: str) -> str:
+def _load_tokenizer(options: TextEmbeddingOptions, base_dir: Path) -> Tokenizer:
+    """The tokenizer file, set to truncate at `max_length` and pad to the batch's longest row."""
+    path = Path(options.tokenizer).expanduser()
+    if not path.is_absolute():
+        path = base_dir / path
+    try:
+        tokenizer = Tokenizer.from_file(str(path))
+    except Exception as exc:
+        raise ConfigError(f"processor.tokenizer: cannot load {path}: {exc}") from None
+    padding = tokenizer.padding or {}  # keep the file's pad token, but pad to the batch's longest row
+    pad_token = padding.get("pad_token", "[PAD]")
+    pad_id = padding.get("pad_id", tokenizer.token_to_id(pad_token) or 0)
+    tokenizer.no_padding()
+    tokenizer.enable_padding(direction="right", pad_id=pad_id, pad_type_id=padding.get("pad_type_id", 0),
+                             pad_token=pad_token)
+    tokenizer.enable_truncation(options.max_length)
+    return tokenizer
+
+
+def _decode(value: object, index: int, input_name: str) -> str:
     if isinstance(value, str):
         return value
     if isinstance(value, (bytes, bytearray, memoryview)):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -10,12 +11,16 @@ from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 
+from hotswap import __version__
 from hotswap.backends.registry import BackendRegistry, discover_backends
-from hotswap.errors import HotswapError, QueueFull
-from hotswap.models.config import HotswapConfig
+from hotswap.config import HotswapConfig
+from hotswap.errors import HotswapError
+from hotswap.serve.dataplane import DataPlane
+from hotswap.serve.guard import Guard, check_exposure
 from hotswap.serve.metrics import Metrics
 from hotswap.serve.repository import ModelRepository
 from hotswap.serve.routes import build_router, json_response
+from hotswap.serve.schemas import v2_openapi
 
 log = logging.getLogger("hotswap.app")
 
@@ -24,32 +29,31 @@ def create_app(config: HotswapConfig, registry: BackendRegistry | None = None,
                config_dir: Path | None = None, progress: bool = False) -> FastAPI:
     """Build the server for `config`. Models load in the lifespan; a model that cannot
     load stops start-up with every chain entry's reason."""
+    check_exposure(config.server)
     registry = registry if registry is not None else discover_backends()
     for name, error in registry.failed.items():
         log.error("backend plugin '%s' failed to import: %s", name, error)
     metrics = Metrics()
-    repository = ModelRepository(config, registry, metrics, config_dir, progress)
+    plane = DataPlane(ModelRepository(config, registry, metrics, config_dir, progress), metrics,
+                      config.server.model_control, config.server.limits.max_rows)
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI):
-        await repository.load_all()
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await plane.repository.load_all()
         try:
             yield
         finally:
-            app.state.shutting_down = True
-            await repository.close()
+            await plane.close()
 
-    app = FastAPI(title="hotswap", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.config = config
-    app.state.registry = registry
-    app.state.metrics = metrics
-    app.state.repository = repository
-    app.state.shutting_down = False
+    app = FastAPI(title="hotswap", version=__version__, lifespan=lifespan, redoc_url=None)
+    app.openapi = lambda: v2_openapi(app)  # type: ignore[method-assign]
+    app.state.dataplane = plane
     app.include_router(build_router())
+    app.add_middleware(Guard, config=config.server)
 
     @app.exception_handler(HotswapError)
     async def hotswap_error(request: Request, exc: HotswapError) -> Response:
-        headers = {"Retry-After": "1"} if isinstance(exc, QueueFull) else None
+        headers = {"Retry-After": "1"} if exc.status == 503 else None
         return json_response({"error": str(exc)}, exc.status, headers)
 
     @app.exception_handler(HTTPException)
@@ -62,7 +66,9 @@ def create_app(config: HotswapConfig, registry: BackendRegistry | None = None,
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> Response:
+        # The text may hold paths or internals: it goes to the log, the client gets the type only.
         log.exception("unexpected error on %s", request.url.path)
-        return json_response({"error": f"internal error: {type(exc).__name__}: {exc}"}, 500)
+        return json_response({"error": f"internal error ({type(exc).__name__}); details are in the server log"},
+                             500)
 
     return app

@@ -12,51 +12,44 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 
-from hotswap.errors import QueueFull, RequestTimeout
-from hotswap.models.config import BatchingConfig
+from hotswap.config import BatchingConfig
+from hotswap.errors import ModelNotReady, QueueFull, RequestTimeout
 from hotswap.models.signature import Tensors
+from hotswap.serve.batch import Batch, PendingRequest, StackKey, stack_key
 
-
-@dataclass(eq=False)
-class PendingRequest:
-    """One request waiting for (or in) a batch."""
-
-    inputs: Tensors
-    rows: int
-    key: tuple
-    future: asyncio.Future
-    enqueued: float = field(default_factory=time.perf_counter)
-    started: float | None = None
-    expired: bool = False
-    timer: asyncio.TimerHandle | None = None
-    queued: bool = True  # counted in DynamicBatcher.queued: not yet taken, expired or cancelled
-
-
-def stack_key(inputs: Tensors) -> tuple:
-    """Requests stack when names, dtypes and non-batch dims agree."""
-    return tuple((name, a.dtype.str, a.shape[1:]) for name, a in inputs.items())
-
-
+# Adaptive delay keeps a running average of whether a batch's wait for company brought in
+# more requests (1) or not (0), and skips the wait while that average is low.
+PAYOFF_WEIGHT = 0.2
+"""Weight of the latest wait in the average: it mostly reflects the last ~5 waits."""
+MIN_PAYOFF = 0.05
+"""Below this average the wait is skipped: from 1.0, after 14 waits in a row that brought nobody."""
 PROBE_EVERY = 16
+"""Every PROBE_EVERY-th decision waits anyway, so rising load is noticed."""
 
-RunBatch = Callable[[int, list[PendingRequest]], Awaitable[None]]
+UNLOADING = "model is being unloaded"
+
+RunBatch = Callable[[int, Batch], Awaitable[None]]
+"""run_batch(worker index, batch): answers the batch's requests via batch.scatter / batch.fail."""
 
 
 class DynamicBatcher:
-    """Queues requests and feeds batches to `workers` instance workers via `run_batch`."""
+    """Queues requests and feeds batches to `workers` instance workers via `run_batch`.
+
+    `_queue` holds exactly the live requests no worker has taken, in arrival order: a request
+    leaves it when taken, when it times out, or (one loop turn later, via its done callback)
+    when its caller cancels it. `queued` is its length, so there is no count to keep in step.
+    """
 
     def __init__(self, config: BatchingConfig, run_batch: RunBatch, workers: int) -> None:
         self.config = config
         self._run_batch = run_batch
         self._workers = workers
-        self._queue: deque[PendingRequest] = deque()
-        self._queued = 0  # requests in _queue not yet taken, expired or cancelled
+        self._queue: dict[PendingRequest, None] = {}  # an ordered set: O(1) removal from the middle
         self._arrived = asyncio.Event()
-        self._tasks: list[asyncio.Task] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._batch_tasks: set[asyncio.Task[None]] = set()  # referenced so they are not collected
         self._running = 0  # batches filling or running
         self._idle = asyncio.Event()
         self._idle.set()
@@ -66,7 +59,8 @@ class DynamicBatcher:
 
     @property
     def queued(self) -> int:
-        return self._queued
+        """Requests waiting for a worker (not those in a filling or running batch)."""
+        return len(self._queue)
 
     def start(self) -> None:
         self._tasks = [asyncio.create_task(self._worker(i), name=f"hotswap-batcher-{i}") for i in range(self._workers)]
@@ -74,69 +68,60 @@ class DynamicBatcher:
     def submit(self, inputs: Tensors, rows: int, timeout_s: float | None) -> PendingRequest:
         """Queue a request; its future resolves to its own output rows."""
         if self._closed:
-            raise QueueFull("model is being unloaded")
-        if self._queued >= self.config.max_queue_size:
-            raise QueueFull(f"queue full: {self._queued} requests waiting (batching.max_queue_size="
+            raise QueueFull(UNLOADING)
+        if len(self._queue) >= self.config.max_queue_size:
+            raise QueueFull(f"queue full: {len(self._queue)} requests waiting (batching.max_queue_size="
                             f"{self.config.max_queue_size})")
         loop = asyncio.get_running_loop()
         request = PendingRequest(inputs, rows, stack_key(inputs), loop.create_future())
-        request.future.add_done_callback(lambda _: self._on_done(request))
+        request.future.add_done_callback(lambda _: self._unqueue(request))
         if timeout_s is not None:
             request.timer = loop.call_later(timeout_s, self._expire, request, timeout_s)
-        self._queue.append(request)
-        self._queued += 1
+        self._queue[request] = None
         self._idle.clear()
         self._arrived.set()
         return request
 
     def _expire(self, request: PendingRequest, timeout_s: float) -> None:
-        if request.started is None and not request.future.done():
-            request.expired = True
-            self._unqueue(request)
+        # A request in a filling batch has left the queue but not started: it still times out.
+        if request.started is None and request.live:
             request.future.set_exception(RequestTimeout(
                 f"request timed out after {timeout_s * 1000:.0f} ms in the queue (timeout)"))
-            self._check_idle()
+            self._unqueue(request)
 
     def _unqueue(self, request: PendingRequest) -> None:
-        if request.queued:
-            request.queued = False
-            self._queued -= 1
-
-    def _on_done(self, request: PendingRequest) -> None:
-        """Done callback: a request cancelled while queued (its caller went away) frees its slot."""
-        if request.queued:
-            self._unqueue(request)
+        """Drop a request that will not be taken; a no-op for one already gone."""
+        if request in self._queue:
+            del self._queue[request]
             self._check_idle()
 
-    def _pop(self, key: tuple | None, room: int) -> PendingRequest | None:
+    def _take(self, key: StackKey | None, room: int) -> PendingRequest | None:
         """Remove and return the oldest live request matching `key` that fits in `room` rows."""
         for request in self._queue:
-            if request.expired or request.future.done():
-                continue
-            if key is None or (request.key == key and request.rows <= room):
-                self._queue.remove(request)
-                self._unqueue(request)
+            # A cancelled request stays until its done callback runs; never hand it out.
+            if request.live and (key is None or (request.key == key and request.rows <= room)):
+                del self._queue[request]
                 return request
-        # Drop expired requests at the front so the deque does not grow.
-        while self._queue and (self._queue[0].expired or self._queue[0].future.done()):
-            self._queue.popleft()
         return None
 
-    async def _next_batch(self) -> list[PendingRequest]:
-        while (first := self._pop(None, 0)) is None:
+    async def _take_first(self) -> PendingRequest:
+        while (first := self._take(None, 0)) is None:
             self._arrived.clear()
             await self._arrived.wait()
-        self._running += 1  # a filling batch counts as running, so drain_and_stop waits for it
-        batch, rows = [first], first.rows
-        limit = self.config.max_batch_size
+        return first
+
+    async def _fill(self, taken: list[PendingRequest]) -> None:
+        """Add stackable requests to `taken` until it is full or the first one's delay is over."""
+        first = taken[0]
+        rows, limit = first.rows, self.config.max_batch_size
         deadline = first.enqueued + self.config.max_queue_delay_ms / 1000
-        waited, gained = False, 0
+        waited = paid_off = False
         while rows < limit:
-            nxt = self._pop(first.key, limit - rows)
-            if nxt is not None:
-                batch.append(nxt)
-                rows += nxt.rows
-                gained += waited
+            more = self._take(first.key, limit - rows)
+            if more is not None:
+                taken.append(more)
+                rows += more.rows
+                paid_off = paid_off or waited  # only requests that came during the wait count
                 continue
             remaining = deadline - time.perf_counter()
             if remaining <= 0 or (not waited and not self._worth_waiting()):
@@ -148,54 +133,86 @@ class DynamicBatcher:
             except asyncio.TimeoutError:
                 break
         if waited:
-            # Running average of whether waiting brought in more requests (1) or not (0).
-            self._wait_payoff = 0.8 * self._wait_payoff + 0.2 * (gained > 0)
-        return batch
+            self._wait_payoff = (1 - PAYOFF_WEIGHT) * self._wait_payoff + PAYOFF_WEIGHT * paid_off
 
     def _worth_waiting(self) -> bool:
         """Wait for more requests only while waiting has recently paid off.
 
-        At low concurrency a lone request would otherwise pay the full delay for nothing; every
-        PROBE_EVERY-th decision still waits, so rising load is noticed.
+        At low concurrency a lone request would otherwise pay the full delay for nothing.
         """
         if not self.config.adaptive_delay:
             return True
         self._decisions += 1
-        return self._wait_payoff >= 0.05 or self._decisions % PROBE_EVERY == 0
+        return self._wait_payoff >= MIN_PAYOFF or self._decisions % PROBE_EVERY == 0
 
     async def _worker(self, index: int) -> None:
         while True:
-            batch = await self._next_batch()
-            now = time.perf_counter()
-            for request in batch:
-                if request.timer is not None:
-                    request.timer.cancel()
-            # Requests that expired or were cancelled while the batch filled never run.
-            batch = [request for request in batch if not request.future.done()]
-            for request in batch:
-                request.started = now
+            taken = [await self._take_first()]
+            self._running += 1  # a filling batch counts as running, so drain_and_stop waits for it
             try:
-                if batch:
-                    await self._run_batch(index, batch)
-            except Exception as exc:  # run_batch sets results itself; this is a last resort
-                for request in batch:
-                    if not request.future.done():
-                        request.future.set_exception(exc)
-            finally:
-                self._running -= 1
-                self._check_idle()
+                await self._fill(taken)
+            except asyncio.CancelledError:
+                # Only drain_and_stop cancels a filling worker, once its deadline has passed.
+                Batch(taken).fail(ModelNotReady(UNLOADING))
+                self._batch_done()
+                raise
+            batch = self._runnable(taken)
+            if not batch.requests:
+                self._batch_done()
+                continue
+            task = asyncio.create_task(self._run(index, batch), name=f"hotswap-batch-{index}")
+            self._batch_tasks.add(task)
+            task.add_done_callback(self._batch_tasks.discard)
+            # Shielded: a drain past its deadline stops this worker but lets the batch finish.
+            await asyncio.shield(task)
             if self._queue:
                 self._arrived.set()  # another worker may be waiting on requests left behind
 
+    @staticmethod
+    def _runnable(taken: list[PendingRequest]) -> Batch:
+        """The batch of `taken` that runs: requests that expired or were cancelled while it filled never do."""
+        now = time.perf_counter()
+        for request in taken:
+            if request.timer is not None:
+                request.timer.cancel()
+        batch = Batch([request for request in taken if request.live])
+        for request in batch.requests:
+            request.started = now
+        return batch
+
+    async def _run(self, index: int, batch: Batch) -> None:
+        try:
+            await self._run_batch(index, batch)
+        except Exception as exc:  # run_batch answers its requests itself; this is a last resort
+            batch.fail(exc)
+        finally:
+            self._batch_done()
+
+    def _batch_done(self) -> None:
+        self._running -= 1
+        self._check_idle()
+
     def _check_idle(self) -> None:
-        if self._queued == 0 and self._running == 0:
+        if not self._queue and self._running == 0:
             self._idle.set()
 
-    async def drain_and_stop(self) -> None:
-        """Refuse new requests, let queued and running ones finish, then stop the workers."""
+    async def drain_and_stop(self, timeout_s: float | None = None) -> None:
+        """Refuse new requests, let queued and running ones finish, then stop the workers.
+
+        With `timeout_s`, once it passes every request that has not started (queued, or in a
+        filling batch) fails with ModelNotReady (503) and this returns; running batches are
+        left to finish on their own and still answer their requests.
+        """
         self._closed = True
         self._check_idle()
-        await self._idle.wait()
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+        except asyncio.TimeoutError:
+            abandoned, self._queue = list(self._queue), {}
+            for request in abandoned:
+                if request.timer is not None:
+                    request.timer.cancel()
+            Batch(abandoned).fail(ModelNotReady(UNLOADING))
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

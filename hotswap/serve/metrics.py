@@ -58,7 +58,12 @@ class Metrics:
                                    LABELS, registry=r)
         # Live runners per backend_selected / backend_skipped child: a reload onto the same labels
         # must not be zeroed when the runner it replaces retires.
-        self._held: Tally[tuple[str, tuple[str, ...]]] = Tally()
+        self._held: Tally[tuple[Gauge, tuple[str, ...]]] = Tally()
+
+    def hold(self, gauge: Gauge, labels: tuple[str, ...], change: int) -> int:
+        """Count live runners holding one gauge child; returns how many hold it now."""
+        self._held[(gauge, labels)] += change
+        return self._held[(gauge, labels)]
 
     def model_series(self, labels: dict[str, str]) -> ModelSeries:
         return ModelSeries(self, labels)
@@ -68,7 +73,6 @@ class ModelSeries:
     """The children of every family for one (model, version, backend, device)."""
 
     def __init__(self, metrics: Metrics, labels: dict[str, str]) -> None:
-        self.labels = labels
         values = tuple(labels[k] for k in LABELS)
         self._metrics = metrics
         self._values = values
@@ -89,29 +93,26 @@ class ModelSeries:
         self._metrics.request_failure.labels(*self._values, reason).inc()
 
     def publish_backend(self, info: dict[str, str], position: int, skipped: list,
-                        memory: Callable[[], float | None] | None) -> None:
+                        memory: Callable[[], int | None]) -> None:
         """Record what runs the model and which chain entries were passed over."""
         m = self._metrics
-        m.backend_info.labels(*self._values, info.get("providers", ""), info.get("precision", ""),
-                              info.get("runtime", "")).set(1)
+        self._hold(m.backend_info, (*self._values, info.get("providers", ""), info.get("precision", ""),
+                                    info.get("runtime", "")))
         self._hold(m.backend_selected, (*self._values, str(position)))
         model, version = self._values[0], self._values[1]
         for skip in skipped:
             self._hold(m.backend_skipped, (model, version, str(skip.position), skip.label, skip.reason[:200]))
-        if memory is not None:
-            m.device_memory.labels(*self._values).set_function(lambda: memory() or 0)
+        m.device_memory.labels(*self._values).set_function(lambda: memory() or 0)
 
     def _hold(self, gauge: Gauge, labels: tuple[str, ...]) -> None:
         self._held.append((gauge, labels))
-        self._metrics._held[(gauge._name, labels)] += 1
+        self._metrics.hold(gauge, labels, +1)
         gauge.labels(*labels).set(1)
 
     def retire(self) -> None:
         """The backend no longer serves: it is not selected, and its skipped entries are not
         the last load's, any more (history stays)."""
-        held = self._metrics._held
         for gauge, labels in self._held:
-            held[(gauge._name, labels)] -= 1
-            if held[(gauge._name, labels)] <= 0:  # no newer runner holds the same labels
+            if self._metrics.hold(gauge, labels, -1) <= 0:  # no newer runner holds the same labels
                 gauge.labels(*labels).set(0)
         self._held = []

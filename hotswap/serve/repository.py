@@ -8,6 +8,7 @@ failed load leaves the model as it was.
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,12 +16,24 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from hotswap.backends.registry import BackendRegistry
+from hotswap.config import HotswapConfig, ModelConfig, format_validation_error
 from hotswap.errors import ConfigError, InvalidInput, ModelNotFound, ModelNotReady
-from hotswap.models.config import HotswapConfig, ModelConfig, format_validation_error
+from hotswap.models.sources import hotswap_home
 from hotswap.serve.metrics import Metrics
 from hotswap.serve.runner import ModelRunner
 
 log = logging.getLogger("hotswap.repository")
+
+#: Model config fields a repository load request may change.
+OVERRIDABLE = frozenset({"backends", "batching", "instances"})
+
+
+class ModelState(str, enum.Enum):
+    """A model's state as the repository index reports it."""
+
+    READY = "READY"
+    LOADING = "LOADING"
+    UNAVAILABLE = "UNAVAILABLE"
 
 
 @dataclass
@@ -29,8 +42,30 @@ class ModelSlot:
 
     config: ModelConfig
     runner: ModelRunner | None = None
-    state: str = "UNAVAILABLE"  # READY, LOADING, UNAVAILABLE
+    state: ModelState = ModelState.UNAVAILABLE
     reason: str = ""
+
+
+def model_roots(config: HotswapConfig, config_dir: Path | None) -> list[Path]:
+    """Folders model files may come from: `server.model_roots`, else the config's folder and the cache."""
+    roots = config.server.model_roots or [config_dir or Path.cwd(), hotswap_home()]
+    return [Path(root).expanduser().resolve() for root in roots]
+
+
+def check_model_roots(config: HotswapConfig, config_dir: Path | None) -> None:
+    """Refuse file sources outside the model roots: loading a .pt or .pt2 file runs code from it."""
+    roots = model_roots(config, config_dir)
+    for i, model in enumerate(config.models):
+        if model.source.startswith("builtin:"):
+            continue
+        path = Path(model.source).expanduser()
+        if not path.is_absolute():
+            path = (config_dir or Path.cwd()) / path
+        resolved = path.resolve()
+        if not any(resolved.is_relative_to(root) for root in roots):
+            raise ConfigError(f"models.{i}.source: {model.source} lies outside server.model_roots "
+                              f"({', '.join(str(r) for r in roots)}); model files are code, add its folder "
+                              "to server.model_roots if it is trusted")
 
 
 class ModelRepository:
@@ -38,8 +73,10 @@ class ModelRepository:
 
     def __init__(self, config: HotswapConfig, registry: BackendRegistry, metrics: Metrics,
                  config_dir: Path | None = None, progress: bool = False) -> None:
-        self.registry = registry
-        self.metrics = metrics
+        check_model_roots(config, config_dir)
+        self._registry = registry
+        self._metrics = metrics
+        self._drain_timeout_s = config.server.graceful_timeout_s
         self._config_dir = config_dir
         self._progress = progress
         self.slots = {m.name: ModelSlot(m) for m in config.models}
@@ -71,8 +108,13 @@ class ModelRepository:
             return slot.config
         if not isinstance(override, dict):
             raise InvalidInput("parameters.config: expected a JSON object with model config fields")
+        refused = sorted(set(override) - OVERRIDABLE)
+        if refused:
+            # The source, processor and declared tensors name files and code: only the operator's
+            # config file may set them, never a request.
+            raise InvalidInput(f"parameters.config: cannot change {', '.join(refused)} at run time; "
+                               f"a load may change only {', '.join(sorted(OVERRIDABLE))}")
         data = slot.config.model_dump(exclude_unset=False) | override
-        data["name"] = slot.config.name
         try:
             return ModelConfig.model_validate(data)
         except ValidationError as exc:
@@ -85,31 +127,38 @@ class ModelRepository:
         async with self._locks[name]:
             previous_state = slot.state
             if slot.runner is None:
-                slot.state = "LOADING"
-            runner = ModelRunner(config, self.registry, self.metrics, self._config_dir, self._progress)
+                slot.state = ModelState.LOADING
+            runner = ModelRunner(config, self._registry, self._metrics, self._config_dir, self._progress)
             try:
                 await runner.start()
             except Exception as exc:
-                slot.state, slot.reason = (previous_state, slot.reason) if slot.runner else ("UNAVAILABLE", str(exc))
+                if slot.runner is None:
+                    slot.state, slot.reason = ModelState.UNAVAILABLE, str(exc)
+                else:
+                    slot.state = previous_state
                 raise
-            old, slot.runner, slot.config, slot.state, slot.reason = slot.runner, runner, config, "READY", ""
+            old, slot.runner, slot.config, slot.state, slot.reason = slot.runner, runner, config, ModelState.READY, ""
         if old is not None:
-            await old.close()
+            await old.close(self._drain_timeout_s)
         return runner
 
     async def unload(self, name: str) -> None:
         slot = self.slot(name)
         async with self._locks[name]:
-            old, slot.runner, slot.state, slot.reason = slot.runner, None, "UNAVAILABLE", "unloaded"
+            old, slot.runner, slot.state, slot.reason = slot.runner, None, ModelState.UNAVAILABLE, "unloaded"
         if old is not None:
-            await old.close()
+            await old.close(self._drain_timeout_s)
 
     async def close(self) -> None:
         await asyncio.gather(*(self.unload(name) for name in self.slots), return_exceptions=True)
 
     def index(self) -> list[dict]:
-        return [{"name": name, "version": slot.config.version, "state": slot.state, "reason": slot.reason}
+        return [{"name": name, "version": slot.config.version, "state": slot.state.value, "reason": slot.reason}
                 for name, slot in self.slots.items()]
 
+    def runners(self) -> list[ModelRunner]:
+        """The runners serving now."""
+        return [slot.runner for slot in self.slots.values() if slot.runner is not None]
+
     def all_ready(self) -> bool:
-        return all(slot.state == "READY" for slot in self.slots.values())
+        return all(slot.state == ModelState.READY for slot in self.slots.values())

@@ -1,35 +1,45 @@
-"""Open Inference Protocol v2 routes on one APIRouter."""
+"""Open Inference Protocol v2 routes: decode the wire format, call the data plane, encode.
+
+Nothing here looks up runners, applies deadlines or counts requests: that is the data
+plane's (hotswap.serve.dataplane), so a second protocol reuses it as it is.
+"""
 
 from __future__ import annotations
 
-import time
+from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from hotswap import __version__
-from hotswap.errors import HotswapError, InvalidInput
+from hotswap.errors import Forbidden, HotswapError, InvalidInput, UnsupportedMediaType
 from hotswap.serve.codec import decode_infer_request, encode_infer_response
-from hotswap.serve.repository import ModelRepository
+from hotswap.serve.dataplane import DataPlane
+from hotswap.serve.schemas import (
+    ErrorResponse,
+    Live,
+    LoadRequest,
+    ModelMetadata,
+    ModelReady,
+    Ready,
+    RepositoryModel,
+    ServerMetadata,
+)
 
 HEADER_LENGTH = "inference-header-content-length"
 EXTENSIONS = ["binary_tensor_data", "model_repository", "statistics", "parameters"]
 
 
-def json_response(content, status: int = 200, headers: dict | None = None) -> Response:
+def json_response(content: Any, status: int = 200, headers: dict | None = None) -> Response:
     return Response(orjson.dumps(content), status_code=status, media_type="application/json", headers=headers)
 
 
-def _repo(request: Request) -> ModelRepository:
-    return request.app.state.repository
+def _plane(request: Request) -> DataPlane:
+    return request.app.state.dataplane
 
 
-def _failure_reason(exc: Exception) -> str:
-    return {400: "invalid_input", 503: "queue_full", 504: "timeout"}.get(getattr(exc, "status", 500), "backend_error")
-
-
-def _timeout_s(parameters: dict) -> float | None:
+def request_timeout_s(parameters: dict) -> float | None:
     """Request `parameters.timeout` is in microseconds, as Triton and tritonclient use it."""
     value = parameters.get("timeout")
     if value is None:
@@ -39,102 +49,134 @@ def _timeout_s(parameters: dict) -> float | None:
     return value / 1e6
 
 
-def build_router() -> APIRouter:
-    router = APIRouter()
+def _header_length(request: Request) -> int | None:
+    header = request.headers.get(HEADER_LENGTH)
+    if header is None:
+        return None
+    try:
+        return int(header)
+    except ValueError:
+        raise InvalidInput(f"header Inference-Header-Content-Length: expected an integer, got {header!r}") from None
 
-    @router.get("/v2")
-    async def server_metadata() -> Response:
-        return json_response({"name": "hotswap", "version": __version__, "extensions": EXTENSIONS})
 
-    @router.get("/v2/health/live")
-    async def live() -> Response:
-        return json_response({"live": True})
+async def infer(request: Request) -> Response:
+    """POST /v2/models/{model}[/versions/{version}]/infer, JSON or the binary extension."""
+    model = request.path_params["model"]
+    with _plane(request).call(model, request.path_params.get("version")) as call:
+        decoded = decode_infer_request(await request.body(), _header_length(request))
+        outputs = await call.infer(decoded.inputs, request_timeout_s(decoded.parameters), request.receive)
+        payload, headers = encode_infer_response(model, call.version, outputs, decoded)
+    return Response(payload, headers=headers)
 
-    @router.get("/v2/health/ready")
-    async def ready(request: Request) -> Response:
-        ok = _repo(request).all_ready() and not request.app.state.shutting_down
-        return json_response({"ready": ok}, 200 if ok else 503)
 
-    @router.get("/v2/models/{model}")
-    @router.get("/v2/models/{model}/versions/{version}")
-    async def model_metadata(request: Request, model: str, version: str | None = None) -> Response:
-        return json_response(_repo(request).ready_runner(model, version).metadata())
+async def server_metadata() -> Response:
+    return json_response({"name": "hotswap", "version": __version__, "extensions": EXTENSIONS})
 
-    @router.get("/v2/models/{model}/ready")
-    @router.get("/v2/models/{model}/versions/{version}/ready")
-    async def model_ready(request: Request, model: str, version: str | None = None) -> Response:
-        _repo(request).ready_runner(model, version)
-        return json_response({"name": model, "ready": True})
 
-    async def infer(request: Request) -> Response:
-        started = time.perf_counter()
-        model, version = request.path_params["model"], request.path_params.get("version")
-        repo = _repo(request)
-        runner = repo.ready_runner(model, version)
-        body = await request.body()
-        header = request.headers.get(HEADER_LENGTH)
-        series = runner.series
+async def live() -> Response:
+    return json_response({"live": True})
+
+
+async def ready(request: Request) -> Response:
+    ok = _plane(request).ready()
+    return json_response({"ready": ok}, 200 if ok else 503)
+
+
+async def model_metadata(request: Request, model: str, version: str | None = None) -> Response:
+    return json_response(_plane(request).model_metadata(model, version))
+
+
+async def model_ready(request: Request, model: str, version: str | None = None) -> Response:
+    _plane(request).model_ready(model, version)
+    return json_response({"name": model, "ready": True})
+
+
+async def repository_index(request: Request) -> Response:
+    return json_response(_plane(request).index())
+
+
+def parse_load_override(body: bytes) -> dict | None:
+    """The `parameters.config` of a repository load body (an object or a JSON string), if any."""
+    if not body.strip():
+        return None
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"load request body: invalid JSON: {exc}") from None
+    if not isinstance(payload, dict):
+        raise InvalidInput(f"load request body: expected a JSON object, got {type(payload).__name__}")
+    parameters = payload.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise InvalidInput(f"parameters: expected a JSON object, got {type(parameters).__name__}")
+    config = parameters.get("config")
+    if isinstance(config, str):
         try:
-            try:
-                header_length = int(header) if header is not None else None
-            except ValueError:
-                raise InvalidInput("header Inference-Header-Content-Length: expected an integer, "
-                                   f"got {header!r}") from None
-            decoded = decode_infer_request(body, header_length)
-            # Re-read after the awaits above: a swap may have replaced the runner meanwhile.
-            runner = repo.ready_runner(model, version)
-            series = runner.series
-            outputs = await runner.infer(decoded.inputs, _timeout_s(decoded.parameters))
-            payload, headers = encode_infer_response(model, runner.config.version, decoded.id, outputs, decoded)
-        except HotswapError as exc:
-            series.failure(_failure_reason(exc))
+            config = orjson.loads(config)
+        except orjson.JSONDecodeError as exc:
+            raise InvalidInput(f"parameters.config: expected a JSON object string: {exc}") from None
+    if config is not None and not isinstance(config, dict):
+        raise InvalidInput("parameters.config: expected a JSON object with model config fields, "
+                           f"got {type(config).__name__}")
+    return config
+
+
+def _check_control_request(request: Request) -> None:
+    """A browser page must not drive the repository API: no cross-site Origin, JSON bodies only."""
+    origin = request.headers.get("origin")
+    if origin is not None:
+        raise Forbidden(f"repository requests from a web page (Origin {origin!r}) are refused")
+    content_type = request.headers.get("content-type")
+    if content_type is not None and content_type.split(";")[0].strip().lower() != "application/json":
+        raise UnsupportedMediaType(f"Content-Type: expected application/json, got {content_type!r}")
+
+
+async def load(request: Request, model: str) -> Response:
+    plane = _plane(request)
+    _check_control_request(request)
+    override = parse_load_override(await request.body())
+    try:
+        await plane.load(model, override)
+    except HotswapError as exc:
+        if exc.status in (400, 403, 404):
             raise
-        series.success.inc()
-        series.request_duration.observe(time.perf_counter() - started)
-        return Response(payload, headers=headers)
+        return json_response({"error": f"failed to load model '{model}': {exc}"}, 400)
+    return json_response({})
 
-    # The hot path is a plain Starlette route: FastAPI's dependency solving and parameter
-    # validation cost more per request than all of hotswap's own request handling.
-    router.add_route("/v2/models/{model}/infer", infer, methods=["POST"])
-    router.add_route("/v2/models/{model}/versions/{version}/infer", infer, methods=["POST"])
 
-    @router.post("/v2/repository/index")
-    async def repository_index(request: Request) -> Response:
-        return json_response(_repo(request).index())
+async def unload(request: Request, model: str) -> Response:
+    _check_control_request(request)
+    await _plane(request).unload(model)
+    return json_response({})
 
-    @router.post("/v2/repository/models/{model}/load")
-    async def load(request: Request, model: str) -> Response:
-        body = await request.body()
-        override = None
-        if body.strip():
-            try:
-                payload = orjson.loads(body)
-            except orjson.JSONDecodeError as exc:
-                raise InvalidInput(f"load request body: invalid JSON: {exc}") from None
-            config = (payload.get("parameters") or {}).get("config") if isinstance(payload, dict) else None
-            if isinstance(config, str):
-                try:
-                    config = orjson.loads(config)
-                except orjson.JSONDecodeError as exc:
-                    raise InvalidInput(f"parameters.config: expected a JSON object string: {exc}") from None
-            override = config
-        repo = _repo(request)
-        repo.slot(model)
-        try:
-            await repo.load(model, override)
-        except HotswapError as exc:
-            if exc.status in (400, 404):
-                raise
-            return json_response({"error": f"failed to load model '{model}': {exc}"}, 400)
-        return json_response({})
 
-    @router.post("/v2/repository/models/{model}/unload")
-    async def unload(request: Request, model: str) -> Response:
-        await _repo(request).unload(model)
-        return json_response({})
+async def metrics(request: Request) -> Response:
+    return Response(generate_latest(_plane(request).metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    @router.get("/metrics")
-    async def metrics(request: Request) -> Response:
-        return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+def build_router() -> APIRouter:
+    """Every v2 route, plus /metrics; the response models feed the OpenAPI description."""
+    errors: dict[int | str, dict] = {code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 503)}
+    router = APIRouter(responses=errors)
+    router.add_api_route("/v2", server_metadata, methods=["GET"], response_model=ServerMetadata)
+    router.add_api_route("/v2/health/live", live, methods=["GET"], response_model=Live)
+    router.add_api_route("/v2/health/ready", ready, methods=["GET"], response_model=Ready)
+    for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
+        router.add_api_route(prefix, model_metadata, methods=["GET"], response_model=ModelMetadata)
+        router.add_api_route(f"{prefix}/ready", model_ready, methods=["GET"], response_model=ModelReady)
+        # A plain Starlette route: FastAPI's dependency solving and parameter validation
+        # cost more per request than all of hotswap's own request handling.
+        router.add_route(f"{prefix}/infer", infer, methods=["POST"])
+    router.add_api_route("/v2/repository/index", repository_index, methods=["POST"],
+                         response_model=list[RepositoryModel])
+    for action, handler in (("load", load), ("unload", unload)):
+        router.add_api_route(f"/v2/repository/models/{{model}}/{action}", handler, methods=["POST"],
+                             response_model=dict, openapi_extra=LOAD_BODY if action == "load" else None,
+                             responses={413: {"model": ErrorResponse}, 415: {"model": ErrorResponse}})
+    router.add_api_route("/metrics", metrics, methods=["GET"], response_class=Response,
+                         responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
     return router
+
+
+#: The load body is read by hand (JSON only, bounded); this documents it.
+LOAD_BODY = {"requestBody": {"required": False, "content": {"application/json": {
+    "schema": LoadRequest.model_json_schema()}}}}

@@ -15,6 +15,8 @@ import tritonclient.http as httpclient
 import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 
+from hotswap.models.sources import hotswap_home
+
 START_TIMEOUT_S = 60.0
 #: The declared signature of the tiny network (TorchScript has none; torch.export names outputs output_N).
 TINY_IO = {
@@ -93,3 +95,8 @@ def infer_tiny(client: httpclient.InferenceServerClient, model: str, x: np.ndarr
     inp = httpclient.InferInput("x", list(x.shape), "FP32")
     inp.set_data_from_numpy(x, binary_data=binary)
     return client.infer(model, [inp], **kwargs)
+
+
+def server_section(tmp_path_factory) -> dict:
+    """Test servers may load and swap models, from the pytest temp folder and the built-in cache."""
+    return {"model_control": "explicit", "model_roots": [str(tmp_path_factory.getbasetemp()), str(hotswap_home())]}

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 import tritonclient.http as httpclient
-from api_support import TINY_IO, LiveServer, running_server
+from api_support import TINY_IO, LiveServer, running_server, server_section
 
 from hotswap.backends.registry import BackendRegistry, discover_backends
-from hotswap.models.config import parse_config
+from hotswap.config import parse_config
 from hotswap.serve.app import create_app
 from hotswap.testing import TinyModels
 
@@ -80,11 +80,11 @@ def model_configs(tiny: TinyModels, strings_onnx: Path, flaky_torchscript: Path)
 
 
 @pytest.fixture(scope="module")
-def server_factory(registry: BackendRegistry) -> Iterator[Callable[[list[dict]], LiveServer]]:
+def server_factory(registry: BackendRegistry, tmp_path_factory) -> Iterator[Callable[[list[dict]], LiveServer]]:
     """start(models) -> LiveServer; every server started stops when the module is done."""
     with ExitStack() as stack:
         def start(models: list[dict]) -> LiveServer:
-            config = parse_config({"models": models}, "test", registry)
+            config = parse_config({"server": server_section(tmp_path_factory), "models": models}, "test", registry)
             return stack.enter_context(running_server(create_app(config, registry)))
 
         yield start

@@ -7,9 +7,9 @@ import json
 import httpx
 import pytest
 import tritonclient.http as httpclient
-from api_support import running_server
+from api_support import running_server, server_section
 
-from hotswap.models.config import parse_config
+from hotswap.config import parse_config
 from hotswap.serve.app import create_app
 
 MODELS = ["tiny", "tiny_torch", "strings", "flaky"]
@@ -66,9 +66,10 @@ def test_failed_load_of_unloaded_model_is_unavailable_with_reason(server, client
     assert client.get_model_metadata("tiny")["backend"]["name"] == "onnxruntime"
 
 
-def test_model_that_cannot_load_stops_start_up(registry, tiny):
+def test_model_that_cannot_load_stops_start_up(registry, tiny, tmp_path_factory):
     """A configured model whose chain cannot load anywhere here: the server does not start."""
-    config = parse_config({"models": [{"name": "gpu_only", "source": str(tiny.onnx), "backends": [
+    config = parse_config({"server": server_section(tmp_path_factory), "models": [
+        {"name": "gpu_only", "source": str(tiny.onnx), "backends": [
         {"name": "onnxruntime", "providers": ["CUDAExecutionProvider"]}]}]}, "test", registry)
     with pytest.raises(RuntimeError, match="exited during start-up"):
         with running_server(create_app(config, registry)):

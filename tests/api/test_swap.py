@@ -28,7 +28,8 @@ def _successes(server: LiveServer, backend: str) -> float:
 @pytest.fixture(scope="module")
 def swap_server(server_factory, tiny) -> LiveServer:
     # A batch-fill window long enough that a swap usually finds requests being gathered into a batch.
-    return server_factory([{"name": MODEL, "source": str(tiny.exported), "backends": [{"name": "torch"}],
+    # The tiny folder holds .onnx, .pt and .pt2: a load may swap backends, never the source.
+    return server_factory([{"name": MODEL, "source": str(tiny.onnx.parent), "backends": [{"name": "torch"}],
                             "batching": {"max_batch_size": 8, "max_queue_delay_ms": 5}, **TINY_IO}])
 
 
@@ -40,11 +41,11 @@ def swap_client(swap_server):
 
 
 def _onnx_config(tiny) -> str:
-    return json.dumps({"source": str(tiny.onnx), "backends": [{"name": "onnxruntime"}]})
+    return json.dumps({"backends": [{"name": "onnxruntime"}]})
 
 
 def _torch_config(tiny) -> str:
-    return json.dumps({"source": str(tiny.exported), "backends": [{"name": "torch", "device": "cpu"}]})
+    return json.dumps({"backends": [{"name": "torch", "device": "cpu"}]})
 
 
 class Traffic:
@@ -142,8 +143,7 @@ def test_swap_under_load_and_back(swap_server, swap_client, tiny):
 
 def test_failed_load_keeps_serving_old_backend(swap_server, swap_client, tiny):
     before = swap_client.get_model_metadata(MODEL)
-    cuda = json.dumps({"source": str(tiny.onnx),
-                       "backends": [{"name": "onnxruntime", "providers": ["CUDAExecutionProvider"]}]})
+    cuda = json.dumps({"backends": [{"name": "onnxruntime", "providers": ["CUDAExecutionProvider"]}]})
     with Traffic(swap_server, tiny, threads=2) as traffic:
         traffic.wait_for(10)
         with pytest.raises(httpclient.InferenceServerException) as info:
@@ -167,7 +167,7 @@ def test_failed_load_keeps_serving_old_backend(swap_server, swap_client, tiny):
 
 def test_chain_fallback_reports_skipped(swap_server, swap_client, tiny):
     """A chain whose first entry cannot run here swaps onto the next and says why in metadata."""
-    chain = json.dumps({"source": str(tiny.onnx), "backends": [
+    chain = json.dumps({"backends": [
         {"name": "onnxruntime", "providers": ["CUDAExecutionProvider"]}, {"name": "onnxruntime"}]})
     try:
         for _ in range(2):  # the second load replaces a runner with the very same labels
@@ -198,12 +198,22 @@ def _gauges(server: LiveServer, name: str) -> dict[tuple[str, str], float]:
 
 
 @pytest.mark.parametrize("override, status, fragment", [
-    ({"backends": [{"name": "onnxruntime", "not_an_option": 1}], "source": "TINY_ONNX"}, "400", "not_an_option"),
+    ({"backends": [{"name": "onnxruntime", "not_an_option": 1}]}, "400", "not_an_option"),
     ({"backends": []}, "400", "parameters.config.backends"),
-    ({"source": "/nonexistent/model.onnx", "backends": [{"name": "onnxruntime"}]}, "400", "model.onnx"),
+    # A request never chooses files or code: source, processor and declared tensors are the config file's.
+    ({"source": "/tmp/evil.pt2", "backends": [{"name": "torch"}]}, "400", "cannot change source"),
+    ({"processor": {"name": "text-embedding", "tokenizer": "/etc/passwd"}}, "400", "cannot change processor"),
+    ({"name": "other"}, "400", "cannot change name"),
+    ({"version": "v" * 20000}, "400", "cannot change version"),
+    # Every knob has an upper bound, the same for files and the API.
+    ({"batching": {"max_queue_delay_ms": 1e9}}, "400", "parameters.config.batching.max_queue_delay_ms"),
+    ({"batching": {"max_batch_size": 10**6}}, "400", "parameters.config.batching.max_batch_size"),
+    ({"batching": {"max_queue_size": 10**7}}, "400", "parameters.config.batching.max_queue_size"),
+    ({"instances": 64}, "400", "parameters.config.instances"),
+    ({"backends": [{"name": "onnxruntime"}] * 17}, "400", "parameters.config.backends"),
+    ({"backends": [{"name": "x" * 1000}]}, "400", "parameters.config.backends.0.name"),
 ])
 def test_bad_override_is_400_and_keeps_serving(swap_server, swap_client, tiny, override, status, fragment):
-    override = {k: (str(tiny.onnx) if v == "TINY_ONNX" else v) for k, v in override.items()}
     with pytest.raises(httpclient.InferenceServerException) as info:
         swap_client.load_model(MODEL, config=json.dumps(override))
     assert info.value.status() == status, info.value.message()

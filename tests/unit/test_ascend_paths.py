@@ -10,7 +10,7 @@ import pytest
 from hotswap.backends.onnxruntime_backend import OnnxRuntimeBackend
 from hotswap.backends.registry import discover_backends
 from hotswap.backends.torch_backend import TorchBackend
-from hotswap.models.config import load_config
+from hotswap.config import load_config
 
 REPO = Path(__file__).resolve().parents[2]
 

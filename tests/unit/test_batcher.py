@@ -14,12 +14,15 @@ import time
 import numpy as np
 import pytest
 
-from hotswap.errors import HotswapError, QueueFull, RequestTimeout
-from hotswap.models.config import BatchingConfig
-from hotswap.serve.batcher import DynamicBatcher, PendingRequest, stack_key
+from hotswap.config import BatchingConfig
+from hotswap.errors import BackendError, HotswapError, ModelNotReady, QueueFull, RequestTimeout
+from hotswap.serve.batch import Batch, PendingRequest, stack_key
+from hotswap.serve.batcher import DynamicBatcher
 
 POISON = -1.0
 TEST_TIMEOUT_S = 20
+LONG_DELAY_MS = 10_000  # the most BatchingConfig allows: far past any wait a test expects
+NO_WAIT_S = LONG_DELAY_MS / 2000  # a bound that only a wait for LONG_DELAY_MS can break
 
 
 def run(coro):
@@ -30,15 +33,16 @@ def run(coro):
 
 
 class Recorder:
-    """A run_batch that records every batch and answers like the real runner.
+    """A run_batch that records every batch and answers like the real runner, through the
+    real Batch: inputs() to stack, scatter() to answer, fail() on error.
 
     With `gated`, each batch waits for `gate` before computing. A batch containing the
-    POISON value fails: by raising (`raise_on_poison`), or by setting the exception on
-    its requests itself.
+    POISON value fails: by raising (`raise_on_poison`), or via `batch.fail`.
     """
 
     def __init__(self, gated: bool = False, raise_on_poison: bool = False) -> None:
         self.batches: list[list[PendingRequest]] = []
+        self.rows: list[int] = []
         self.workers: list[int] = []
         self.dispatched_at: list[float] = []
         self.gate = asyncio.Event()
@@ -49,15 +53,12 @@ class Recorder:
         self.max_in_flight = 0
         self.raise_on_poison = raise_on_poison
 
-    @property
-    def rows(self) -> list[int]:
-        return [sum(r.rows for r in batch) for batch in self.batches]
-
     def ran(self, request: PendingRequest) -> bool:
         return any(r is request for batch in self.batches for r in batch)
 
-    async def __call__(self, index: int, batch: list[PendingRequest]) -> None:
-        self.batches.append(list(batch))
+    async def __call__(self, index: int, batch: Batch) -> None:
+        self.batches.append(list(batch.requests))
+        self.rows.append(batch.rows)
         self.workers.append(index)
         self.dispatched_at.append(time.perf_counter())
         self.in_flight += 1
@@ -66,21 +67,14 @@ class Recorder:
         try:
             await self.gate.wait()
             await asyncio.sleep(0)
-            names = batch[0].inputs.keys()
-            inputs = {name: np.concatenate([r.inputs[name] for r in batch]) for name in names}
+            inputs = batch.inputs()
             if any((a == POISON).any() for a in inputs.values()):
-                error = RuntimeError(f"poisoned batch of {len(batch)}")
+                error = RuntimeError(f"poisoned batch of {len(batch.requests)}")
                 if self.raise_on_poison:
                     raise error
-                for request in batch:
-                    request.future.set_exception(error)
+                batch.fail(error)
                 return
-            outputs = {f"{name}_out": array * 2 for name, array in inputs.items()}
-            offset = 0
-            for request in batch:
-                if not request.future.done():
-                    request.future.set_result({k: v[offset:offset + request.rows] for k, v in outputs.items()})
-                offset += request.rows
+            batch.scatter({f"{name}_out": array * 2 for name, array in inputs.items()})
         finally:
             self.in_flight -= 1
 
@@ -130,9 +124,9 @@ def test_requests_coalesce_up_to_max_batch_size():
 def test_full_batches_do_not_wait_for_the_delay():
     async def body():
         rec = Recorder()
-        batcher = start(rec, max_batch_size=4, max_queue_delay_ms=600_000)  # ten minutes
+        batcher = start(rec, max_batch_size=4, max_queue_delay_ms=LONG_DELAY_MS)
         requests = [submit(batcher, rows_of(i)) for i in range(8)]
-        await asyncio.gather(*(r.future for r in requests))  # would hit the test timeout if they waited
+        await asyncio.wait_for(asyncio.gather(*(r.future for r in requests)), NO_WAIT_S)
         assert rec.rows == [4, 4]
 
     run(body())
@@ -141,12 +135,13 @@ def test_full_batches_do_not_wait_for_the_delay():
 def test_batch_waits_for_late_requests_within_the_delay():
     async def body():
         rec = Recorder()
-        batcher = start(rec, max_batch_size=2, max_queue_delay_ms=600_000)
+        batcher = start(rec, max_batch_size=2, max_queue_delay_ms=LONG_DELAY_MS)
         first = submit(batcher, rows_of(1))
         await asyncio.sleep(0.02)
         assert not rec.batches, "the first request waits for company"
         second = submit(batcher, rows_of(2))
-        await asyncio.gather(first.future, second.future)  # the batch is full: no wait for the delay
+        # The batch is full: no wait for the delay.
+        await asyncio.wait_for(asyncio.gather(first.future, second.future), NO_WAIT_S)
         assert rec.rows == [2]
 
     run(body())
@@ -284,6 +279,55 @@ def test_max_batch_size_one_disables_batching():
     run(body())
 
 
+def test_a_request_cancelled_while_its_batch_runs_does_not_shift_later_rows():
+    """The cancelled request's rows were computed: scatter must step over them."""
+
+    async def body():
+        rec = Recorder(gated=True)
+        batcher = start(rec, max_batch_size=6, max_queue_delay_ms=LONG_DELAY_MS)
+        gone = submit(batcher, rows_of(1.0, rows=2))
+        kept = [submit(batcher, rows_of(2.0, rows=1)), submit(batcher, rows_of(3.0, rows=3))]
+        await rec.started.wait()
+        gone.future.cancel()  # its caller went away while the backend computes its rows
+        rec.gate.set()
+        middle, last = await asyncio.gather(*(r.future for r in kept))
+        assert rec.batches == [[gone, *kept]] and rec.rows == [6]
+        np.testing.assert_array_equal(middle["x_out"], np.full((1, 4), 4.0, np.float32))
+        np.testing.assert_array_equal(last["x_out"], np.full((3, 4), 6.0, np.float32))
+        await batcher.drain_and_stop()
+
+    run(body())
+
+
+def test_batch_stacks_scatters_and_fails_only_live_requests():
+    async def body():
+        loop = asyncio.get_running_loop()
+
+        def request(value: float, rows: int) -> PendingRequest:
+            inputs = rows_of(value, rows)
+            return PendingRequest(inputs, rows, stack_key(inputs), loop.create_future())
+
+        alone = request(1.0, 2)
+        assert Batch([alone]).inputs()["x"] is alone.inputs["x"], "a lone request is not copied"
+        a, b, c = request(1.0, 1), request(2.0, 2), request(3.0, 1)
+        batch = Batch([a, b, c])
+        assert batch.rows == 4
+        np.testing.assert_array_equal(batch.inputs()["x"][:, 0], [1, 2, 2, 3])
+        with pytest.raises(BackendError, match="expected 4 rows"):
+            batch.scatter({"y": np.zeros((3, 1))})
+        assert not any(r.future.done() for r in (a, b, c)), "a bad output answers nobody"
+        b.future.cancel()
+        batch.scatter({"y": np.arange(4)})
+        np.testing.assert_array_equal(a.future.result()["y"], [0])
+        np.testing.assert_array_equal(c.future.result()["y"], [3])
+        d, e = request(4.0, 1), request(5.0, 1)
+        d.future.set_result({})
+        Batch([d, e]).fail(RuntimeError("boom"))
+        assert d.future.result() == {} and isinstance(e.future.exception(), RuntimeError)
+
+    run(body())
+
+
 # -- failures stay with their batch -------------------------------------------------------
 
 @pytest.mark.parametrize("raise_on_poison", [False, True], ids=["sets-exception", "raises"])
@@ -335,7 +379,7 @@ def test_queue_full_is_503_with_retry_after_over_http():
     from fastapi.testclient import TestClient
 
     from hotswap.backends.registry import BackendRegistry
-    from hotswap.models.config import HotswapConfig
+    from hotswap.config import HotswapConfig
     from hotswap.serve.app import create_app
 
     app = create_app(HotswapConfig(), BackendRegistry())
@@ -348,7 +392,7 @@ def test_queue_full_is_503_with_retry_after_over_http():
     async def timed_out():
         raise RequestTimeout("request timed out after 50 ms in the queue (timeout)")
 
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://localhost") as client:  # a loopback Host passes the guard
         response = client.get("/test/queue-full")
         assert response.status_code == 503
         assert response.headers["retry-after"] == "1"
@@ -369,7 +413,7 @@ def test_a_request_timing_out_in_the_queue_never_reaches_run_batch():
             await late.future
         assert info.value.status == 504 and isinstance(info.value, HotswapError)
         assert "timed out after 50 ms in the queue" in str(info.value)
-        assert late.expired and late.started is None
+        assert late.started is None
         assert batcher.queued == 0, "an expired request frees its queue slot"
         after = submit(batcher, rows_of(2))  # max_queue_size=1: only fits if the slot was freed
         rec.gate.set()
@@ -507,6 +551,54 @@ def test_drain_while_a_batch_is_filling_answers_it():
     run(body())
 
 
+def test_drain_deadline_fails_waiting_requests_and_leaves_the_running_batch():
+    async def body():
+        rec = Recorder(gated=True)
+        batcher = start(rec, max_batch_size=1, max_queue_delay_ms=0)
+        running = submit(batcher, rows_of(1))
+        await rec.started.wait()
+        queued = [submit(batcher, rows_of(2)), submit(batcher, rows_of(3), timeout_s=60)]
+        await batcher.drain_and_stop(timeout_s=0.05)  # returns although `running` is stuck on the gate
+        for request in queued:
+            with pytest.raises(ModelNotReady, match="being unloaded") as info:
+                await request.future
+            assert info.value.status == 503 and request.started is None
+        assert batcher.queued == 0 and not running.future.done()
+        assert all(t.done() for t in batcher._tasks), "workers stop at the deadline"
+        with pytest.raises(QueueFull):
+            submit(batcher, rows_of(9))
+        rec.gate.set()  # the running batch finishes on its own and still answers its caller
+        np.testing.assert_array_equal((await running.future)["x_out"], np.full((1, 4), 2.0, np.float32))
+        assert rec.batches == [[running]]
+
+    run(body())
+
+
+def test_drain_deadline_fails_a_filling_batch_without_running_it():
+    async def body():
+        rec = Recorder()
+        batcher = start(rec, max_batch_size=8, max_queue_delay_ms=LONG_DELAY_MS, adaptive_delay=False)
+        request = submit(batcher, rows_of(1))
+        await until(lambda: batcher.queued == 0, "a worker to take the request")
+        await batcher.drain_and_stop(timeout_s=0.05)
+        with pytest.raises(ModelNotReady):
+            await request.future
+        assert not rec.batches and all(t.done() for t in batcher._tasks)
+
+    run(body())
+
+
+def test_drain_within_its_deadline_answers_everything():
+    async def body():
+        rec = Recorder()
+        batcher = start(rec, max_batch_size=2, max_queue_delay_ms=20)
+        requests = [submit(batcher, rows_of(i)) for i in range(5)]
+        await batcher.drain_and_stop(timeout_s=10)
+        assert all(r.future.done() and r.future.exception() is None for r in requests)
+
+    run(body())
+
+
 def test_drain_of_an_idle_batcher_returns():
     async def body():
         batcher = start(Recorder(), workers=2)
@@ -554,7 +646,7 @@ def test_requests_left_behind_are_picked_up_by_a_free_worker():
 def test_model_runner_batches_real_requests(tiny):
     from hotswap.backends.onnxruntime_backend import OnnxRuntimeBackend
     from hotswap.backends.registry import BackendRegistry
-    from hotswap.models.config import ModelConfig
+    from hotswap.config import ModelConfig
     from hotswap.serve.metrics import Metrics
     from hotswap.serve.runner import ModelRunner
 
@@ -568,7 +660,7 @@ def test_model_runner_batches_real_requests(tiny):
         try:
             rng = np.random.default_rng(0)
             inputs = [{"x": rng.standard_normal((n, 8)).astype(np.float32)} for n in (1, 3, 2, 5, 1, 4)]
-            results = await asyncio.gather(*(runner.infer(x) for x in inputs))
+            results = await asyncio.gather(*(runner.infer(x, None) for x in inputs))
             for x, result in zip(inputs, results):
                 ref = tiny.reference(x)
                 np.testing.assert_allclose(result["y"], ref["y"], atol=1e-4)

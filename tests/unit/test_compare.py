@@ -10,7 +10,7 @@ import yaml
 
 from hotswap.backends.registry import discover_backends
 from hotswap.compare import compare_chain
-from hotswap.models.config import parse_config
+from hotswap.config import parse_config
 
 
 def test_minilm_on_every_cpu_backend_agrees(minilm_source, monkeypatch):

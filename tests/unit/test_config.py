@@ -9,8 +9,8 @@ import pytest
 from hotswap.backends.onnxruntime_backend import OnnxRuntimeBackend
 from hotswap.backends.registry import BackendRegistry
 from hotswap.backends.torch_backend import TorchBackend
+from hotswap.config import load_config, parse_config
 from hotswap.errors import ConfigError
-from hotswap.models.config import load_config, parse_config
 
 REGISTRY = BackendRegistry(available={"torch": TorchBackend, "onnxruntime": OnnxRuntimeBackend})
 

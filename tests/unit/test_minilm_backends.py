@@ -32,10 +32,11 @@ def test_backend_matches_sentence_transformers(backend_cls, minilm_source, expec
     backend = backend_cls()
     artifact = minilm_source.artifact_for(backend_cls.formats)
     backend.load(artifact, backend_cls.Options())
-    processor = make_processor(minilm_source.processor, minilm_source.base_dir)
-    public = processor.signature(backend.signature)
+    processor = make_processor(minilm_source.processor, minilm_source.base_dir, backend.signature)
+    public = processor.signature
     assert [s.name for s in public.inputs] == ["text"] and [s.name for s in public.outputs] == ["embedding"]
-    prepared = processor.preprocess({"text": np.array([s.encode() for s in SENTENCES], dtype=object)})
+    request = processor.check({"text": np.array([s.encode() for s in SENTENCES], dtype=object)})
+    prepared = processor.preprocess(request)
     got = processor.postprocess(prepared, backend.infer(prepared))["embedding"]
     backend.close()
     assert got.shape == (len(SENTENCES), 384)

@@ -22,9 +22,11 @@ import pytest
 from hotswap.backends.base import Backend
 from hotswap.backends.registry import ENTRY_POINT_GROUP, discover_backends
 from hotswap.backends.selection import select_backend
+from hotswap.config import ModelConfig
 from hotswap.errors import BackendUnavailable
-from hotswap.models.config import ModelConfig
+from hotswap.models.processing import IdentityProcessor, Processor
 from hotswap.models.sources import ModelSource
+from hotswap.plugins import discover
 
 PLUGINS = Path(__file__).resolve().parents[1] / "plugins"
 BUILTINS = [EntryPoint("torch", "hotswap.backends.torch_backend:TorchBackend", ENTRY_POINT_GROUP),
@@ -175,6 +177,13 @@ FAILING_MODULES = {
     "exits": "import sys\n\nsys.exit(3)\n",
     "runtime_error": 'raise RuntimeError("no device 0: driver version too old")\n',
     "plain": "thing = 42\n\n\ndef factory():\n    return None\n",
+    # A backend written against the old contract: it overrides load() and has no _load().
+    "old_contract": ("from hotswap.backends.base import Backend\n\n\nclass Old(Backend):\n    name = 'old'\n\n"
+                     "    @classmethod\n    def probe(cls, options):\n        return None\n\n"
+                     "    def load(self, artifact, options, declared=None):\n        return None\n\n"
+                     "    def run(self, inputs):\n        return inputs\n\n"
+                     "    def describe(self):\n        return {'device': 'cpu'}\n\n"
+                     "    def close(self):\n        pass\n"),
 }
 
 
@@ -285,3 +294,19 @@ def test_builtin_entry_points_are_registered(monkeypatch):
     assert {"torch", "onnxruntime"} <= set(registry.available)
     for name, cls in registry.available.items():
         assert issubclass(cls, Backend) and cls.name == name
+
+
+def test_a_backend_on_the_old_contract_is_reported(failing_package):
+    registry = discover_backends(entries=[_ep("old", f"{failing_package}.old_contract:Old")])
+    assert registry.failed["old"].startswith(
+        f"TypeError: entry point {failing_package}.old_contract:Old is abstract: Old does not implement _load")
+
+
+def test_discover_is_generic_and_honours_allowed(failing_package):
+    entries = [EntryPoint("identity", "hotswap.models.processing:IdentityProcessor", "hotswap.processors"),
+               EntryPoint("broken", f"{failing_package}.import_error:Echo", "hotswap.processors")]
+    registry = discover("hotswap.processors", Processor, allowed={"identity"}, entries=entries, kind="processor")
+    assert registry.available == {"identity": IdentityProcessor} and registry.failed == {}
+    assert registry.why_missing("nosuch") == ("processor 'nosuch' is not installed (no entry point in "
+                                              "group 'hotswap.processors'; available: identity)")
+

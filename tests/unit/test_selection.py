@@ -20,8 +20,8 @@ from hotswap.backends.onnxruntime_backend import ExecutionProvider, OnnxRuntimeB
 from hotswap.backends.registry import BackendRegistry
 from hotswap.backends.selection import load_instance, select_backend
 from hotswap.backends.torch_backend import TorchBackend
+from hotswap.config import ModelConfig, parse_config
 from hotswap.errors import BackendUnavailable
-from hotswap.models.config import ModelConfig, parse_config
 from hotswap.models.sources import ModelSource
 from hotswap.testing import TINY_SIGNATURE
 

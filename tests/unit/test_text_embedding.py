@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from pydantic import ValidationError
 
+from hotswap.backends.onnxruntime_backend import OnnxRuntimeBackend
+from hotswap.config import ProcessorConfig
 from hotswap.errors import ConfigError, InvalidInput
+from hotswap.models.processing import make_processor
 from hotswap.models.signature import Signature, TensorSpec
 from hotswap.models.text_embedding import TextEmbeddingProcessor
 
@@ -34,9 +39,7 @@ def model_dir():
 
 
 def make(model_dir, backend: Signature = BACKEND, **options) -> TextEmbeddingProcessor:
-    processor = TextEmbeddingProcessor(TextEmbeddingProcessor.Options(**options), model_dir)
-    processor.signature(backend)
-    return processor
+    return TextEmbeddingProcessor(TextEmbeddingProcessor.Options(**options), model_dir, backend)
 
 
 def texts(*values) -> np.ndarray:
@@ -44,21 +47,26 @@ def texts(*values) -> np.ndarray:
 
 
 def test_signature_shapes(model_dir):
-    processor = TextEmbeddingProcessor(TextEmbeddingProcessor.Options(), model_dir)
-    public = processor.signature(BACKEND)
+    public = make(model_dir).signature
     assert public.inputs == (TensorSpec(name="text", datatype="BYTES", shape=(-1,)),)
     assert public.outputs == (TensorSpec(name="embedding", datatype="FP32", shape=(-1, 384)),)
     unknown = BACKEND.model_copy(update={"outputs": (TensorSpec(name="output_0", datatype="FP32", shape=(-1, -1)),)})
-    renamed = make(model_dir, input_name="sentence", output_name="vector")
-    assert renamed.signature(unknown).outputs[0] == TensorSpec(name="vector", datatype="FP32", shape=(-1, -1))
-    assert renamed.signature(unknown).inputs[0].name == "sentence"
+    renamed = make(model_dir, unknown, input_name="sentence", output_name="vector")
+    assert renamed.signature.outputs[0] == TensorSpec(name="vector", datatype="FP32", shape=(-1, -1))
+    assert renamed.signature.inputs[0].name == "sentence"
+    assert renamed.backend_signature is unknown
 
 
 def test_signature_needs_token_inputs(model_dir):
-    processor = TextEmbeddingProcessor(TextEmbeddingProcessor.Options(), model_dir)
     wrong = Signature(inputs=(TensorSpec(name="x", datatype="FP32", shape=(-1, 4)),), outputs=BACKEND.outputs)
     with pytest.raises(ConfigError, match=r"no input input_ids, attention_mask; it has x"):
-        processor.signature(wrong)
+        make(model_dir, wrong)
+    extra = Signature(inputs=(*BACKEND.inputs, TensorSpec(name="position_ids", datatype="INT64", shape=(-1, -1))),
+                      outputs=BACKEND.outputs)
+    with pytest.raises(ConfigError, match=r"cannot feed backend input position_ids"):
+        make(model_dir, extra)
+    with pytest.raises(ConfigError, match=r"the backend has no outputs"):
+        make(model_dir, Signature(inputs=BACKEND.inputs, outputs=()))
 
 
 def test_only_backend_inputs_are_fed(model_dir):
@@ -71,6 +79,76 @@ def test_only_backend_inputs_are_fed(model_dir):
 def test_invalid_utf8_names_the_input(model_dir):
     with pytest.raises(InvalidInput, match=r"input 'text': element 1 is not valid UTF-8"):
         make(model_dir).preprocess({"text": texts(b"fine", b"\xff\xfe bad")})
+
+
+def test_check_decodes_each_request(model_dir):
+    processor = make(model_dir)
+    raw = texts(b"caf\xc3\xa9", "already text", np.bytes_(b"np bytes"))
+    request = {"text": raw}
+    checked = processor.check(request)
+    assert checked["text"].dtype == object and checked["text"].shape == (3,)
+    assert checked["text"].tolist() == ["café", "already text", "np bytes"]
+    assert request["text"] is raw, "the caller's dict is not modified"
+    for array in (np.array([b"a", b"b c"]), np.array(["a", "b c"])):  # numpy S and U arrays
+        assert processor.check({"text": array})["text"].tolist() == ["a", "b c"]
+    assert processor.check({"text": np.array([], dtype=object)})["text"].shape == (0,)
+    # What check() returns is what preprocess() batches: the same tokens as the raw bytes.
+    np.testing.assert_array_equal(processor.preprocess(checked)["input_ids"],
+                                  processor.preprocess(request)["input_ids"])
+
+
+def test_check_rejects_what_would_fail_a_batch(model_dir):
+    processor = make(model_dir, input_name="sentence")
+    with pytest.raises(InvalidInput, match=r"^input 'sentence': element 2 is not valid UTF-8$"):
+        processor.check({"sentence": texts(b"fine", b"ok", b"\xff\xfe bad")})
+    with pytest.raises(InvalidInput, match=r"^input 'sentence': element 1 is int, expected UTF-8 bytes$"):
+        processor.check({"sentence": texts(b"fine", 7)})
+
+
+@pytest.fixture(scope="module")
+def no_token_types_onnx(tmp_path_factory) -> Path:
+    """A BERT-like ONNX export whose inputs are input_ids and attention_mask only (no token_type_ids)."""
+    import torch
+
+    class Embed(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.table = torch.nn.Embedding(30522, 8)
+
+        def forward(self, input_ids, attention_mask):
+            return self.table(input_ids) * attention_mask.unsqueeze(-1).to(torch.float32)
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("no_token_types") / "model.onnx"
+    ids = torch.ones(2, 5, dtype=torch.int64)
+    dims = {0: "batch", 1: "sequence"}
+    torch.onnx.export(Embed().eval(), (ids, ids), str(path), input_names=["input_ids", "attention_mask"],
+                      output_names=["token_embeddings"], dynamo=False,
+                      dynamic_axes={"input_ids": dims, "attention_mask": dims, "token_embeddings": dims})
+    return path
+
+
+def test_every_instance_gets_a_bound_processor(model_dir, no_token_types_onnx):
+    """As the runner does with instances: 2, one backend and one processor per instance, each
+    bound at construction, so no instance feeds token_type_ids to an export without it."""
+    config = ProcessorConfig(name="text-embedding", tokenizer=str(model_dir / "tokenizer.json"))
+    backends = [OnnxRuntimeBackend(), OnnxRuntimeBackend()]
+    try:
+        for backend in backends:
+            backend.load(no_token_types_onnx, OnnxRuntimeBackend.Options())
+        processors = [make_processor(config, no_token_types_onnx.parent, b.signature, "models.m.processor")
+                      for b in backends]
+        results = []
+        for processor, backend in zip(processors, backends):
+            assert processor.signature.outputs[0].shape == (-1, 8)
+            batch = processor.preprocess(processor.check({"text": texts(b"first row", "a longer second row")}))
+            assert sorted(batch) == ["attention_mask", "input_ids"]
+            results.append(processor.postprocess(batch, backend.infer(batch))["embedding"])
+    finally:
+        for backend in backends:
+            backend.close()
+    assert results[0].shape == (2, 8) and np.isfinite(results[0]).all()
+    np.testing.assert_array_equal(results[0], results[1])
 
 
 def test_padding_to_longest(model_dir):
@@ -129,10 +207,10 @@ def test_options(model_dir, tmp_path):
     with pytest.raises(ValidationError):
         TextEmbeddingProcessor.Options(pooling="max")
     absolute = TextEmbeddingProcessor(TextEmbeddingProcessor.Options(tokenizer=str(model_dir / "tokenizer.json")),
-                                      tmp_path)
+                                      tmp_path, BACKEND)
     assert absolute.tokenizer.get_vocab_size() == 30522
     with pytest.raises(ConfigError, match="processor.tokenizer: cannot load"):
-        TextEmbeddingProcessor(TextEmbeddingProcessor.Options(), tmp_path)
+        TextEmbeddingProcessor(TextEmbeddingProcessor.Options(), tmp_path, BACKEND)
 
 
 @pytest.fixture(scope="module")
@@ -154,9 +232,9 @@ def assert_matches(got: np.ndarray, want: np.ndarray) -> None:
 def processor_for(source, output: str) -> TextEmbeddingProcessor:
     """The processor as the source configures it, around a backend whose output is `output`."""
     options = TextEmbeddingProcessor.Options(**source.processor.model_extra)
-    processor = TextEmbeddingProcessor(options, source.base_dir)
     backend = BACKEND.model_copy(update={"outputs": (TensorSpec(name=output, datatype="FP32", shape=(-1, -1, 384)),)})
-    assert processor.signature(backend).outputs[0].shape == (-1, 384)
+    processor = TextEmbeddingProcessor(options, source.base_dir, backend)
+    assert processor.signature.outputs[0].shape == (-1, 384)
     return processor
 
 

@@ -10,7 +10,9 @@ import openvino
 import pytest
 from hotswap_openvino import backend as ov_backend
 from hotswap_openvino.backend import OpenVINOBackend
+from pydantic import ValidationError
 
+from hotswap.backends import base as hotswap_base
 from hotswap.backends.registry import discover_backends
 from hotswap.errors import BackendUnavailable
 from hotswap.testing import TINY_SIGNATURE, BackendConformance, ConformanceCase, TinyModels, build_tiny_models
@@ -103,9 +105,9 @@ def test_precision_bf16_reads_back_bf16(tiny):
 
 
 def test_unknown_option_rejected():
-    with pytest.raises(Exception, match="not_an_option"):
+    with pytest.raises(ValidationError, match="not_an_option"):
         OpenVINOBackend.Options.model_validate({"device": "CPU", "not_an_option": 1})
-    with pytest.raises(Exception, match="set 'precision' instead"):
+    with pytest.raises(ValidationError, match="set 'precision' instead"):
         OpenVINOBackend.Options(config={"INFERENCE_PRECISION_HINT": "bf16"})
     assert OpenVINOBackend.Options(config={"PERFORMANCE_HINT_NUM_REQUESTS": 4}).config == {
         "PERFORMANCE_HINT_NUM_REQUESTS": "4"}
@@ -156,7 +158,7 @@ def test_same_device(requested, actual, same):
 
 
 def test_tune_for_instances_splits_cpu_threads(monkeypatch):
-    monkeypatch.setattr(ov_backend.os, "cpu_count", lambda: 16)
+    monkeypatch.setattr(hotswap_base.os, "cpu_count", lambda: 16)  # the split is hotswap's threads_per_instance
     assert OpenVINOBackend.tune_for_instances(F32, 4).inference_num_threads == 4
     assert OpenVINOBackend.tune_for_instances(F32, 1).inference_num_threads is None
     pinned = F32.model_copy(update={"inference_num_threads": 3})

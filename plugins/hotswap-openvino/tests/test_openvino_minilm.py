@@ -51,8 +51,8 @@ def embed(artifact: Path, source, options: OpenVINOBackend.Options):
     try:
         signature = backend.load(artifact, options)
         processor = TextEmbeddingProcessor(TextEmbeddingProcessor.Options(**source.processor.model_extra),
-                                           source.base_dir)
-        assert processor.signature(signature).outputs[0].shape == (-1, 384)
+                                           source.base_dir, signature)
+        assert processor.signature.outputs[0].shape == (-1, 384)
         batch = processor.preprocess({"text": np.array([s.encode() for s in SENTENCES], dtype=object)})
         assert batch["input_ids"].shape == (len(SENTENCES), 256)  # padded to the truncated long row
         return processor.postprocess(batch, backend.infer(batch))["embedding"], backend.describe(), signature

@@ -11,14 +11,13 @@ serve when either is not what the config asked for.
 from __future__ import annotations
 
 import functools
-import os
 import re
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from hotswap.backends.base import Backend, BackendOptions
+from hotswap.backends.base import Backend, BackendOptions, threads_per_instance
 from hotswap.errors import BackendUnavailable
 from hotswap.models.signature import Signature, Tensors, TensorSpec
 
@@ -115,7 +114,7 @@ def _spec(port, declared: dict[str, TensorSpec]) -> TensorSpec:
     return TensorSpec(name=name, datatype=datatype, shape=tuple(d.get_length() if d.is_static else -1 for d in shape))
 
 
-class OpenVINOBackend(Backend):
+class OpenVINOBackend(Backend[OpenVINOOptions]):
     """ONNX and OpenVINO IR models on OpenVINO devices, with verified device and precision."""
 
     name = "openvino"
@@ -123,9 +122,11 @@ class OpenVINOBackend(Backend):
     formats = (".xml", ".onnx")  # IR first: it is already converted, so it loads faster
 
     def __init__(self) -> None:
-        self._compiled = None
-        self._request = None
+        # openvino objects are Any here: openvino is imported lazily, in the worker thread.
+        self._compiled: Any = None
+        self._request: Any = None
         self._options: OpenVINOOptions | None = None
+        self._output_names: list[str] = []
 
     @classmethod
     def version(cls) -> str:
@@ -157,7 +158,7 @@ class OpenVINOBackend(Backend):
     def tune_for_instances(cls, options: OpenVINOOptions, instances: int) -> OpenVINOOptions:
         # N compiled models each sized to every core would oversubscribe the CPU N times over.
         if instances > 1 and options.inference_num_threads is None and _same_device("CPU", options.device):
-            return options.model_copy(update={"inference_num_threads": max(1, (os.cpu_count() or 1) // instances)})
+            return options.model_copy(update={"inference_num_threads": threads_per_instance(instances)})
         return options
 
     @staticmethod
@@ -175,10 +176,7 @@ class OpenVINOBackend(Backend):
             props["CACHE_DIR"] = options.cache_dir
         return props | options.config
 
-    def load(self, artifact: Path, options: OpenVINOOptions, declared: Signature | None = None) -> Signature:
-        reason = self.probe(options)
-        if reason:
-            raise BackendUnavailable(reason)
+    def _load(self, artifact: Path, options: OpenVINOOptions, declared: Signature | None) -> Signature:
         core = _core()
         try:
             model = core.read_model(str(artifact))
@@ -200,25 +198,22 @@ class OpenVINOBackend(Backend):
             raise BackendUnavailable(f"openvino was asked for f32 on {options.device} but the compiled model runs "
                                      f"{precision}; use precision: auto to accept it")
         given = {s.name: s for s in (declared.inputs + declared.outputs)} if declared else {}
-        self.signature = Signature(inputs=tuple(_spec(p, given) for p in compiled.inputs),
-                                   outputs=tuple(_spec(p, given) for p in compiled.outputs))
-        if declared is not None:
-            problem = self.signature.mismatch(declared, artifact.name)
-            if problem:
-                raise BackendUnavailable(problem)
+        signature = Signature(inputs=tuple(_spec(p, given) for p in compiled.inputs),
+                              outputs=tuple(_spec(p, given) for p in compiled.outputs))
         self._compiled, self._options = compiled, options
+        self._output_names = signature.output_names()
         # One request per instance: an instance is only ever used by its own worker thread.
         self._request = compiled.create_infer_request()
-        return self.signature
+        return signature
 
     def run(self, inputs: Tensors) -> Tensors:
         # share_outputs=False copies each output out of the request's buffers, which the next infer() reuses.
         results = self._request.infer(inputs, share_outputs=False)
-        return {spec.name: results[i] for i, spec in enumerate(self.signature.outputs)}
+        return {name: results[i] for i, name in enumerate(self._output_names)}
 
     def describe(self) -> dict[str, str]:
         runtime = f"openvino {self.version()}"
-        if self._compiled is None:
+        if self._compiled is None or self._options is None:
             return {"device": "none", "runtime": runtime}
         return {"device": ",".join(d.strip("()").lower() for d in _execution_devices(self._compiled)),
                 "requested_device": self._options.device, "precision": _precision(self._compiled),

@@ -14,7 +14,9 @@ SIGNATURE = Signature(inputs=(TensorSpec(name="x", datatype="FP32", shape=(-1, -
                       outputs=(TensorSpec(name="y", datatype="FP32", shape=(-1, -1)),))
 
 
-class DummyBackend(Backend):
+class DummyBackend(Backend[BackendOptions]):
+    """A CPU-only numpy backend that doubles its input."""
+
     name = "dummy"
     Options = BackendOptions
     formats = (".dummy",)
@@ -30,9 +32,8 @@ class DummyBackend(Backend):
     def probe(cls, options: BackendOptions) -> str | None:
         return None
 
-    def load(self, artifact: Path, options: BackendOptions, declared: Signature | None = None) -> Signature:
+    def _load(self, artifact: Path, options: BackendOptions, declared: Signature | None) -> Signature:
         self._loaded = True
-        self.signature = SIGNATURE
         return SIGNATURE
 
     def run(self, inputs: Tensors) -> Tensors:

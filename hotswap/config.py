@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -32,26 +32,86 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+class TokenSource(_Strict):
+    """One bearer token, read from an environment variable or a file (never written in the config)."""
+
+    scope: Literal["infer", "admin"] = Field(description="infer: inference and metadata; admin: also the "
+                                             "repository API (load, unload, index).")
+    env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+                            description="Environment variable holding the token.")
+    file: Path | None = Field(None, description="File whose first line is the token.")
+
+    @model_validator(mode="after")
+    def _one_origin(self) -> TokenSource:
+        if (self.env is None) == (self.file is None):
+            raise ValueError("set exactly one of `env` and `file`")
+        return self
+
+
+class AuthConfig(_Strict):
+    """Bearer-token authentication. Health endpoints are always open."""
+
+    tokens: list[TokenSource] = Field(default_factory=list, max_length=64,
+                                      description="Accepted tokens and their scopes; empty: no authentication.")
+    metrics: Literal["open", "infer", "admin"] = Field("open", description="Scope /metrics needs (open: none).")
+    allow_anonymous: bool = Field(False, description="Allow binding a non-loopback address without tokens.")
+
+
+class LimitsConfig(_Strict):
+    """Bounds checked before anything is allocated for a request."""
+
+    max_body_bytes: int = Field(64 * 2**20, ge=1024, le=2**31, description="Largest request body; larger "
+                                "bodies get 413 from Content-Length before reading, or while streaming.")
+    max_rows: int = Field(1024, ge=1, le=2**20, description="Most rows (dim 0) in one inference request.")
+    max_bytes_element: int = Field(2**20, ge=1, le=2**31, description="Largest single BYTES element.")
+    max_concurrency: int = Field(1024, ge=1, le=65536, description="Most connections and tasks the HTTP server "
+                                 "runs at once; more get 503.")
+    keep_alive_s: float = Field(5.0, gt=0, le=300, description="Idle keep-alive connections close after this.")
+    body_timeout_s: float = Field(30.0, gt=0, le=3600, description="A request body not received within this "
+                                  "gets 408: slow or silent clients do not hold the server.")
+
+
 class ServerConfig(_Strict):
-    """Where the HTTP server listens."""
+    """Where the HTTP server listens, who may call it, and what one request may cost."""
 
     host: str = Field("127.0.0.1", description="Bind address.")
     port: int = Field(8000, ge=0, le=65535, description="TCP port (0 = any free port).")
-    log_level: str = Field("info", description="uvicorn/hotswap log level.")
-    graceful_timeout_s: float = Field(30.0, ge=0, description="How long SIGTERM waits for in-flight requests.")
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
+        "info", description="uvicorn/hotswap log level.")
+    graceful_timeout_s: float = Field(30.0, ge=0, le=3600, description="How long SIGTERM, and a swap, wait for "
+                                      "in-flight requests; those still queued then get 503.")
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    allowed_hosts: list[str] | None = Field(None, max_length=256, description="Host header values accepted "
+                                            "(DNS-rebinding guard); default: loopback names when bound to "
+                                            "loopback, any otherwise. '*' accepts any.")
+    model_control: Literal["none", "explicit"] = Field("none", description="none: the repository load/unload "
+                                                        "API answers 403; explicit: an admin may load, unload and "
+                                                        "swap backends at run time.")
+    model_roots: list[Path] | None = Field(None, max_length=64, description="Folders model files may come from; "
+                                           "default: the config file's folder and the hotswap cache.")
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+
+    def is_loopback(self) -> bool:
+        return self.host in LOOPBACK_HOSTS or self.host.startswith("127.")
 
 
 class BatchingConfig(_Strict):
     """Dynamic batching: requests queue per model and run together on one backend call."""
 
-    max_batch_size: int = Field(32, ge=1, description="Most rows (dim 0) in one backend call; 1 disables "
+    max_batch_size: int = Field(32, ge=1, le=4096, description="Most rows (dim 0) in one backend call; 1 disables "
                                 "batching. A single larger request still runs, alone.")
-    max_queue_delay_ms: float = Field(2.0, ge=0, description="How long a batch waits to fill after its first request.")
+    max_queue_delay_ms: float = Field(2.0, ge=0, le=10_000, description="How long a batch waits to fill after "
+                                      "its first request (at most 10 s).")
     adaptive_delay: bool = Field(True, description="Skip the queue delay while waiting has stopped bringing "
                                  "in more requests (low load); false waits the full delay every time, as Triton.")
-    max_queue_size: int = Field(1024, ge=1, description="Most queued requests; more are answered 503 with Retry-After.")
-    timeout_ms: float | None = Field(None, gt=0, description="Default request deadline while queued "
-                                     "(request parameter `timeout`, ms, overrides); expired requests get 504.")
+    max_queue_size: int = Field(1024, ge=1, le=65_536, description="Most queued requests; more are answered "
+                                "503 with Retry-After.")
+    timeout_ms: float | None = Field(None, gt=0, le=3_600_000, description="Default request deadline while "
+                                     "queued, in ms (a request's own `parameters.timeout`, in microseconds as "
+                                     "in Triton, overrides it); expired requests get 504.")
 
 
 class BackendEntry(BaseModel):
@@ -59,7 +119,8 @@ class BackendEntry(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    name: str = Field(description="Backend name from the `hotswap.backends` entry points.")
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+                      description="Backend name from the `hotswap.backends` entry points.")
 
     @property
     def options(self) -> dict[str, Any]:
@@ -85,16 +146,17 @@ class ProcessorConfig(BaseModel):
 class ModelConfig(_Strict):
     """One served model."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="Model name in URLs and metric labels.")
-    version: str = Field("1", description="Version reported in metadata and metrics.")
-    source: str = Field(description="Artifact path (.onnx, .pt TorchScript, .pt2 torch.export) "
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="Model name in URLs and metric labels.")
+    version: str = Field("1", pattern=r"^[A-Za-z0-9_.-]{1,32}$",
+                         description="Version reported in metadata and metrics.")
+    source: str = Field(max_length=4096, description="Artifact path (.onnx, .pt TorchScript, .pt2 torch.export) "
                         "or a built-in recipe like builtin:minilm.")
-    backends: list[BackendEntry] = Field(min_length=1, description="Ordered backend chain.")
-    inputs: list[TensorSpec] | None = Field(None, description="Declared inputs (needed for TorchScript).")
-    outputs: list[TensorSpec] | None = Field(None, description="Declared outputs (needed for TorchScript).")
+    backends: list[BackendEntry] = Field(min_length=1, max_length=16, description="Ordered backend chain.")
+    inputs: list[TensorSpec] | None = Field(None, max_length=64, description="Declared inputs (TorchScript).")
+    outputs: list[TensorSpec] | None = Field(None, max_length=64, description="Declared outputs (TorchScript).")
     processor: ProcessorConfig | None = Field(None, description="Pre/post-processing around the backend.")
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
-    instances: int = Field(1, ge=1, le=64, description="Backend instances, each with its own worker thread.")
+    instances: int = Field(1, ge=1, le=16, description="Backend instances, each with its own worker thread.")
 
     @model_validator(mode="after")
     def _both_or_neither(self) -> ModelConfig:
@@ -103,7 +165,7 @@ class ModelConfig(_Strict):
         return self
 
     def declared_signature(self) -> Signature | None:
-        if self.inputs is None:
+        if self.inputs is None or self.outputs is None:
             return None
         return Signature(inputs=tuple(self.inputs), outputs=tuple(self.outputs))
 

@@ -1,0 +1,164 @@
+"""The data plane: what every protocol adapter calls, so none of them re-implements it.
+
+A protocol route (v2 today; OpenAI or gRPC later) only decodes its wire format, calls the
+data plane and encodes the answer. The data plane owns the rest of the request path:
+
+    model lookup (404 / 503)  ->  deadline  ->  swap-safe runner  ->  queue + batch
+                              ->  request metrics (success, duration, failure by reason)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from types import TracebackType
+from typing import Any
+
+from hotswap.config import ModelConfig
+from hotswap.errors import ClientClosed, Forbidden, HotswapError, ShuttingDown
+from hotswap.models.signature import Tensors
+from hotswap.serve.metrics import Metrics
+from hotswap.serve.repository import ModelRepository
+from hotswap.serve.runner import ModelRunner
+
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+
+
+class InferenceCall:
+    """One inference request's passage through the data plane; use it as a context manager.
+
+        with plane.call(model, version) as call:
+            inputs = decode(body)                      # a decode error is counted, as invalid_input
+            outputs = await call.infer(inputs, timeout_s)
+            body = encode(outputs, call.version)
+
+    Leaving the block records success and duration, or the failure's `reason`, on the
+    series of the runner that served (or would have served) the request.
+    """
+
+    __slots__ = ("_repository", "_name", "_version", "_started", "_max_rows", "runner")
+
+    def __init__(self, repository: ModelRepository, name: str, version: str | None, max_rows: int | None) -> None:
+        self._repository = repository
+        self._max_rows = max_rows
+        self._name, self._version = name, version
+        self._started = time.perf_counter()
+        # Looked up before the body is read, so an unknown model costs no upload.
+        self.runner: ModelRunner = repository.ready_runner(name, version)
+
+    @property
+    def version(self) -> str:
+        """The version that answered."""
+        return self.runner.config.version
+
+    async def infer(self, inputs: Tensors, timeout_s: float | None = None,
+                    receive: Receive | None = None) -> Tensors:
+        """Queue `inputs` on the model's current runner; `timeout_s` None takes the config default.
+
+        With the connection's ASGI `receive`, a client that disconnects while its request
+        waits has the request taken out of the queue: it is never computed (ClientClosed).
+        """
+        # Re-read: a swap may have replaced the runner while the body was read and decoded.
+        runner = self.runner = self._repository.ready_runner(self._name, self._version)
+        if timeout_s is None:
+            timeout_s = default_timeout_s(runner.config)
+        if receive is None:
+            return await runner.infer(inputs, timeout_s, self._max_rows)
+        task = asyncio.current_task()
+        watcher = asyncio.ensure_future(_cancel_on_disconnect(receive, task))
+        try:
+            return await runner.infer(inputs, timeout_s, self._max_rows)
+        except asyncio.CancelledError:
+            if task is None or not watcher.done() or watcher.cancelled():
+                raise  # cancelled for another reason (shutdown): let it through
+            task.uncancel()
+            raise ClientClosed("the client disconnected before its answer was ready") from None
+        finally:
+            watcher.cancel()
+
+    def __enter__(self) -> InferenceCall:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        series = self.runner.series
+        if exc is None:
+            series.success.inc()
+            series.request_duration.observe(time.perf_counter() - self._started)
+        elif isinstance(exc, HotswapError):
+            series.failure(exc.reason)
+        elif isinstance(exc, asyncio.CancelledError):
+            series.failure("cancelled")
+        else:
+            series.failure("internal_error")
+
+
+async def _cancel_on_disconnect(receive: Receive, task: asyncio.Task | None) -> None:
+    """Wait for the client to go away, then cancel the request's task."""
+    while (await receive())["type"] != "http.disconnect":
+        pass  # a body after the body: nothing to do with it
+    if task is not None:
+        task.cancel()
+
+
+def default_timeout_s(config: ModelConfig) -> float | None:
+    """The model's default queue deadline (`batching.timeout_ms`), in seconds."""
+    timeout_ms = config.batching.timeout_ms
+    return None if timeout_ms is None else timeout_ms / 1000
+
+
+class DataPlane:
+    """Model lookup, inference, metadata and repository control for every protocol."""
+
+    def __init__(self, repository: ModelRepository, metrics: Metrics, model_control: str = "none",
+                 max_rows: int | None = None) -> None:
+        self.repository = repository
+        self.metrics = metrics
+        self.model_control = model_control
+        self.max_rows = max_rows
+        self.shutting_down = False
+
+    def call(self, name: str, version: str | None = None) -> InferenceCall:
+        """Start one inference request (404 / 503 now if the model cannot serve)."""
+        return InferenceCall(self.repository, name, version, self.max_rows)
+
+    def ready(self) -> bool:
+        """Every model is loaded and the server is not draining."""
+        return self.repository.all_ready() and not self.shutting_down
+
+    def model_metadata(self, name: str, version: str | None = None) -> dict:
+        return self.repository.ready_runner(name, version).metadata()
+
+    def model_ready(self, name: str, version: str | None = None) -> None:
+        """Returns if the model serves; raises ModelNotFound / ModelNotReady otherwise."""
+        self.repository.ready_runner(name, version)
+
+    def index(self) -> list[dict]:
+        return self.repository.index()
+
+    def _check_control(self, name: str) -> None:
+        if self.model_control != "explicit":
+            raise Forbidden("the repository API is switched off (server.model_control: none); set "
+                            "server.model_control: explicit to load and unload models at run time")
+        self.repository.slot(name)  # 404 before anything is tried
+
+    async def load(self, name: str, override: dict | None = None) -> None:
+        """(Re)load a model, optionally with `backends`, `batching` or `instances` replaced."""
+        self._check_control(name)
+        await self.repository.load(name, override)
+
+    async def unload(self, name: str) -> None:
+        self._check_control(name)
+        await self.repository.unload(name)
+
+    def abandon_waiting(self) -> None:
+        """The drain deadline is near: answer every request still waiting with 503 and Retry-After."""
+        error = ShuttingDown("the server is shutting down and could not finish this request in time; retry")
+        for runner in self.repository.runners():
+            runner.abandon_waiting(error)
+
+    async def close(self) -> None:
+        """Refuse readiness, drain every model and free its backends."""
+        self.shutting_down = True
+        await self.repository.close()

@@ -1,0 +1,182 @@
+"""The ASGI guard in front of every route: Host check, bearer tokens, body size and body time.
+
+It runs before any route reads the body, so a request that is not allowed, or too large,
+costs no upload and no allocation. Errors are the same `{"error": ...}` JSON as the routes'.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import os
+from collections.abc import Awaitable, Callable, MutableMapping
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from hotswap.config import LOOPBACK_HOSTS, ServerConfig
+from hotswap.errors import ConfigError, Forbidden, HotswapError, PayloadTooLarge, RequestTimeout, Unauthorized
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+log = logging.getLogger("hotswap.guard")
+
+OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready"})
+SCOPE_RANK = {"open": 0, "infer": 1, "admin": 2}
+
+
+class BodyTimeout(RequestTimeout):
+    """The client did not send its whole body within `server.limits.body_timeout_s`."""
+
+    status = 408
+    reason = "body_timeout"
+
+
+class HostNotAllowed(HotswapError):
+    """The Host header names a host this server does not answer for (DNS rebinding guard)."""
+
+    status = 400
+    reason = "host_not_allowed"
+
+
+def read_tokens(config: ServerConfig) -> dict[str, str]:
+    """token -> scope, from each source's env variable or file; a missing one is a config error."""
+    tokens: dict[str, str] = {}
+    for i, source in enumerate(config.auth.tokens):
+        key = f"server.auth.tokens.{i}"
+        if source.env is not None:
+            value = os.environ.get(source.env, "").strip()
+            if not value:
+                raise ConfigError(f"{key}.env: environment variable {source.env} is not set or empty")
+        else:
+            try:
+                value = Path(source.file).read_text().strip().splitlines()[0].strip() if source.file else ""
+            except (OSError, IndexError):
+                raise ConfigError(f"{key}.file: cannot read a token from {source.file}") from None
+        if len(value) < 16:
+            raise ConfigError(f"{key}: a token needs at least 16 characters")
+        tokens[value] = source.scope
+    return tokens
+
+
+def allowed_hosts(config: ServerConfig) -> frozenset[str] | None:
+    """Host header names accepted; None accepts any."""
+    if config.allowed_hosts is not None:
+        return None if "*" in config.allowed_hosts else frozenset(h.lower() for h in config.allowed_hosts)
+    return frozenset(LOOPBACK_HOSTS) | {"[::1]"} if config.is_loopback() else None
+
+
+def check_exposure(config: ServerConfig) -> None:
+    """Refuse to serve a non-loopback address with no tokens, unless anonymous access is explicit."""
+    if not config.is_loopback() and not config.auth.tokens and not config.auth.allow_anonymous:
+        raise ConfigError(f"server.host: {config.host} is reachable from other machines but server.auth.tokens "
+                          "is empty; add tokens, or set server.auth.allow_anonymous: true to serve without them")
+
+
+def required_scope(path: str, metrics_scope: str) -> str:
+    if path in OPEN_PATHS:
+        return "open"
+    if path == "/metrics":
+        return metrics_scope
+    if path.startswith("/v2/repository"):
+        return "admin"
+    return "infer"
+
+
+async def send_error(send: Send, exc: HotswapError, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    body = orjson.dumps({"error": str(exc)})
+    await send({"type": "http.response.start", "status": exc.status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            *(headers or [])]})
+    await send({"type": "http.response.body", "body": body})
+
+
+class Guard:
+    """ASGI middleware enforcing `server.allowed_hosts`, `server.auth` and `server.limits` body bounds."""
+
+    def __init__(self, app: ASGIApp, config: ServerConfig) -> None:
+        self.app = app
+        self._tokens = read_tokens(config)
+        self._hosts = allowed_hosts(config)
+        self._metrics_scope = config.auth.metrics
+        self._max_body = config.limits.max_body_bytes
+        self._body_timeout = config.limits.body_timeout_s
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        problem = self._refusal(scope)
+        if problem is not None:
+            exc, headers = problem
+            await send_error(send, exc, headers)
+            return
+        await self.app(scope, self._bounded(scope, receive), send)
+
+    def _refusal(self, scope: Scope) -> tuple[HotswapError, list[tuple[bytes, bytes]]] | None:
+        headers = dict(scope["headers"])
+        if self._hosts is not None:
+            host = headers.get(b"host", b"").decode("latin-1").lower()
+            name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+            if name not in self._hosts:
+                return HostNotAllowed(f"Host {host!r} is not in server.allowed_hosts"), []
+        if self._tokens:
+            needed = required_scope(scope["path"], self._metrics_scope)
+            if needed != "open":
+                refusal = self._authorise(headers.get(b"authorization", b""), needed)
+                if refusal is not None:
+                    return refusal
+        length = headers.get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self._max_body):
+            return PayloadTooLarge(f"body of {length.decode('latin-1')} bytes exceeds server.limits."
+                                   f"max_body_bytes={self._max_body}"), []
+        return None
+
+    def _authorise(self, header: bytes, needed: str) -> tuple[HotswapError, list[tuple[bytes, bytes]]] | None:
+        challenge = [(b"www-authenticate", b'Bearer realm="hotswap"')]
+        kind, _, token = header.decode("latin-1").partition(" ")
+        if kind.lower() != "bearer" or not token:
+            return Unauthorized("missing bearer token: send 'Authorization: Bearer <token>'"), challenge
+        scope = None
+        for known, known_scope in self._tokens.items():
+            # Compare against every token, in constant time each: no early exit to time.
+            if hmac.compare_digest(known.encode(), token.strip().encode()):
+                scope = known_scope
+        if scope is None:
+            return Unauthorized("invalid bearer token"), challenge
+        if SCOPE_RANK[scope] < SCOPE_RANK[needed]:
+            return Forbidden(f"this token's scope is '{scope}'; this endpoint needs '{needed}'"), []
+        return None
+
+    def _bounded(self, scope: Scope, receive: Receive) -> Receive:
+        """receive() that stops a body over the limit, or one that arrives too slowly."""
+        received = 0
+        done = False
+        max_body, timeout = self._max_body, self._body_timeout
+
+        async def bounded_receive() -> Message:
+            nonlocal received, done
+            if done:  # after the body only a disconnect can come: no deadline on it
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), timeout)
+            except asyncio.TimeoutError:
+                raise BodyTimeout(f"request body not received within server.limits.body_timeout_s="
+                                  f"{timeout:g}") from None
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > max_body:
+                    raise PayloadTooLarge(f"body exceeds server.limits.max_body_bytes={max_body}")
+                done = not message.get("more_body", False)
+            else:
+                done = True
+            return message
+
+        return bounded_receive
+
