@@ -150,7 +150,6 @@ def _build_locked(weights: Path, root: Path, final: Path, progress: bool) -> Non
 
 
 def _build(weights: Path, out: Path, key: str, progress: bool) -> None:
-    import numpy as np
     import torch
 
     with _steps(progress) as step:
@@ -160,58 +159,76 @@ def _build(weights: Path, out: Path, key: str, progress: bool) -> None:
         example, check = _samples(weights)
         with torch.inference_mode():
             expected = model(*check).numpy()
-
         step("exporting ONNX")
-        # The legacy (TorchScript-based) exporter: dynamic_axes give a batch- and length-free graph.
+        _export_onnx(model, example, out)
+        step("checking ONNX with onnxruntime")
+        _check_onnx(out, check, expected)
+        step("exporting torch program")
+        _export_program(model, example, check, expected, out)
+        step("writing manifest")
+        _write_manifest(out, key)
+
+
+def _export_onnx(model, example, out: Path) -> None:
+    import torch
+
+    # The legacy (TorchScript-based) exporter: dynamic_axes give a batch- and length-free graph.
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, example, str(out / "model.onnx"), dynamo=False, opset_version=OPSET,
+                          input_names=list(INPUT_NAMES), output_names=["token_embeddings"],
+                          dynamic_axes={name: {0: "batch", 1: "sequence"}
+                                        for name in (*INPUT_NAMES, "token_embeddings")})
+
+
+def _check_onnx(out: Path, check, expected) -> None:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    got = session.run(None, {name: t.numpy() for name, t in zip(INPUT_NAMES, check, strict=True)})[0]
+    _compare("model.onnx (onnxruntime)", got, expected)
+
+
+def _export_program(model, example, check, expected, out: Path) -> None:
+    """model.pt2 (torch.export), or TorchScript model.pt where export fails."""
+    import torch
+
+    batch, seq = torch.export.Dim("batch", min=1, max=4096), torch.export.Dim("seq", min=1, max=MAX_SEQ)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.export.export(model, example, strict=False,
+                                          dynamic_shapes={name: {0: batch, 1: seq} for name in INPUT_NAMES})
+        torch.export.save(program, str(out / "model.pt2"))
+        with torch.inference_mode():
+            got = torch.export.load(str(out / "model.pt2")).module()(*check).numpy()
+        _compare("model.pt2 (torch.export)", got, expected)
+    except PreparationError:
+        raise
+    except Exception as exc:
+        # Fallback: TorchScript carries no tensor names, so the torch backend then needs the
+        # signature declared in config; onnxruntime still serves model.onnx as is.
+        log.warning("torch.export failed (%s: %s); falling back to TorchScript model.pt", type(exc).__name__, exc)
+        (out / "model.pt2").unlink(missing_ok=True)
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
-            torch.onnx.export(model, example, str(out / "model.onnx"), dynamo=False, opset_version=OPSET,
-                              input_names=list(INPUT_NAMES), output_names=["token_embeddings"],
-                              dynamic_axes={name: {0: "batch", 1: "sequence"}
-                                            for name in (*INPUT_NAMES, "token_embeddings")})
+            torch.jit.trace(model, example).save(str(out / "model.pt"))
 
-        step("checking ONNX with onnxruntime")
-        import onnxruntime as ort
 
-        session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
-        got = session.run(None, {name: t.numpy() for name, t in zip(INPUT_NAMES, check, strict=True)})[0]
-        _compare("model.onnx (onnxruntime)", got, expected)
-        del session
+def _write_manifest(out: Path, key: str) -> None:
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    import torch
 
-        step("exporting torch program")
-        batch, seq = torch.export.Dim("batch", min=1, max=4096), torch.export.Dim("seq", min=1, max=MAX_SEQ)
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                program = torch.export.export(model, example, strict=False,
-                                              dynamic_shapes={name: {0: batch, 1: seq} for name in INPUT_NAMES})
-            torch.export.save(program, str(out / "model.pt2"))
-            with torch.inference_mode():
-                got = torch.export.load(str(out / "model.pt2")).module()(*check).numpy()
-            _compare("model.pt2 (torch.export)", got, expected)
-        except PreparationError:
-            raise
-        except Exception as exc:
-            # Fallback: TorchScript carries no tensor names, so the torch backend then needs the
-            # signature declared in config; onnxruntime still serves model.onnx as is.
-            log.warning("torch.export failed (%s: %s); falling back to TorchScript model.pt",
-                        type(exc).__name__, exc)
-            (out / "model.pt2").unlink(missing_ok=True)
-            with warnings.catch_warnings(), torch.no_grad():
-                warnings.simplefilter("ignore")
-                torch.jit.trace(model, example).save(str(out / "model.pt"))
-
-        step("writing manifest")
-        import onnx
-
-        names = [n for n in ("model.onnx", "model.pt2", "model.pt", "tokenizer.json") if (out / n).exists()]
-        manifest = {
-            "recipe_version": RECIPE_VERSION, "key": key, "opset": OPSET,
-            "torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": ort.__version__,
-            "transformers": _version("transformers"), "numpy": np.__version__,
-            "files": {n: {"size": (out / n).stat().st_size, "sha256": _sha256(out / n)} for n in names},
-        }
-        (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    names = [n for n in ("model.onnx", "model.pt2", "model.pt", "tokenizer.json") if (out / n).exists()]
+    manifest = {
+        "recipe_version": RECIPE_VERSION, "key": key, "opset": OPSET,
+        "torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": ort.__version__,
+        "transformers": _version("transformers"), "numpy": np.__version__,
+        "files": {n: {"size": (out / n).stat().st_size, "sha256": _sha256(out / n)} for n in names},
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
 
 
 def _load_model(weights: Path):

@@ -36,6 +36,9 @@ class TextEmbeddingOptions(ProcessorOptions):
                            "paths are resolved against the artifact's folder.")
     max_length: int = Field(256, ge=1, description="Longest token sequence, special tokens included; "
                             "longer texts are truncated.")
+    max_chars: int | None = Field(None, ge=1, description="Characters kept of each text before tokenising "
+                                  "(default 64 x max_length): the tokenizer sees a bounded text, and a token "
+                                  "past max_length is dropped anyway.")
     input_name: str = Field("text", description="Name of the public BYTES input (UTF-8 text, one per row).")
     output_name: str = Field("embedding", description="Name of the public FP32 [-1, H] output.")
     pooling: Literal["mean", "cls"] = Field("mean", description="mean: average of the token embeddings under "
@@ -81,7 +84,8 @@ class TextEmbeddingProcessor(Processor[TextEmbeddingOptions]):
         """Decode the text here, per request: one client's invalid UTF-8 gets its own 400, not a failed batch."""
         name = self.options.input_name
         values = np.asarray(inputs[name])
-        texts = [_decode(value, i, name) for i, value in enumerate(values.reshape(-1))]
+        keep = self.options.max_chars or 64 * self.options.max_length
+        texts = [_decode(value, i, name)[:keep] for i, value in enumerate(values.reshape(-1))]
         return inputs | {name: np.array(texts, dtype=object).reshape(values.shape)}
 
     def preprocess(self, inputs: Tensors) -> Tensors:

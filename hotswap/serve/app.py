@@ -35,7 +35,7 @@ def create_app(config: HotswapConfig, registry: BackendRegistry | None = None,
         log.error("backend plugin '%s' failed to import: %s", name, error)
     metrics = Metrics()
     plane = DataPlane(ModelRepository(config, registry, metrics, config_dir, progress), metrics,
-                      config.server.model_control, config.server.limits.max_rows)
+                      config.server.model_control, config.server.limits)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from types import TracebackType
 from typing import Any
 
-from hotswap.config import ModelConfig
+from hotswap.config import LimitsConfig, ModelConfig
 from hotswap.errors import ClientClosed, Forbidden, HotswapError, ShuttingDown
 from hotswap.models.signature import Tensors
 from hotswap.serve.metrics import Metrics
@@ -37,11 +37,12 @@ class InferenceCall:
     series of the runner that served (or would have served) the request.
     """
 
-    __slots__ = ("_repository", "_name", "_version", "_started", "_max_rows", "runner")
+    __slots__ = ("_repository", "_name", "_version", "_started", "_limits", "runner")
 
-    def __init__(self, repository: ModelRepository, name: str, version: str | None, max_rows: int | None) -> None:
+    def __init__(self, repository: ModelRepository, name: str, version: str | None,
+                 limits: LimitsConfig | None) -> None:
         self._repository = repository
-        self._max_rows = max_rows
+        self._limits = limits
         self._name, self._version = name, version
         self._started = time.perf_counter()
         # Looked up before the body is read, so an unknown model costs no upload.
@@ -64,11 +65,11 @@ class InferenceCall:
         if timeout_s is None:
             timeout_s = default_timeout_s(runner.config)
         if receive is None:
-            return await runner.infer(inputs, timeout_s, self._max_rows)
+            return await runner.infer(inputs, timeout_s, self._limits)
         task = asyncio.current_task()
         watcher = asyncio.ensure_future(_cancel_on_disconnect(receive, task))
         try:
-            return await runner.infer(inputs, timeout_s, self._max_rows)
+            return await runner.infer(inputs, timeout_s, self._limits)
         except asyncio.CancelledError:
             if task is None or not watcher.done() or watcher.cancelled():
                 raise  # cancelled for another reason (shutdown): let it through
@@ -112,16 +113,16 @@ class DataPlane:
     """Model lookup, inference, metadata and repository control for every protocol."""
 
     def __init__(self, repository: ModelRepository, metrics: Metrics, model_control: str = "none",
-                 max_rows: int | None = None) -> None:
+                 limits: LimitsConfig | None = None) -> None:
         self.repository = repository
         self.metrics = metrics
         self.model_control = model_control
-        self.max_rows = max_rows
+        self.limits = limits
         self.shutting_down = False
 
     def call(self, name: str, version: str | None = None) -> InferenceCall:
         """Start one inference request (404 / 503 now if the model cannot serve)."""
-        return InferenceCall(self.repository, name, version, self.max_rows)
+        return InferenceCall(self.repository, name, version, self.limits)
 
     def ready(self) -> bool:
         """Every model is loaded and the server is not draining."""

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from hotswap.backends.registry import BackendRegistry
 from hotswap.backends.selection import Selection, load_instance, select_backend
-from hotswap.config import ModelConfig
+from hotswap.config import LimitsConfig, ModelConfig
 from hotswap.errors import InvalidInput, PayloadTooLarge
 from hotswap.models.pipeline import Pipeline
 from hotswap.models.signature import Signature, Tensors
@@ -34,6 +34,18 @@ def count_rows(inputs: Tensors) -> int:
     if first.shape[0] == 0:
         raise InvalidInput(f"input '{next(iter(inputs))}': shape {list(first.shape)} has 0 rows; expected at least 1")
     return int(first.shape[0])
+
+
+def check_limits(inputs: Tensors, rows: int, limits: LimitsConfig) -> None:
+    """413 for a request over `server.limits`: rows, or one BYTES element's size."""
+    if rows > limits.max_rows:
+        raise PayloadTooLarge(f"request has {rows} rows; server.limits.max_rows is {limits.max_rows}")
+    for name, array in inputs.items():
+        if array.dtype == object:
+            longest = max((len(value) for value in array.flat), default=0)
+            if longest > limits.max_bytes_element:
+                raise PayloadTooLarge(f"input '{name}': an element of {longest} bytes exceeds "
+                                      f"server.limits.max_bytes_element={limits.max_bytes_element}")
 
 
 class ModelRunner:
@@ -144,15 +156,15 @@ class ModelRunner:
         """The public signature clients see."""
         return self._pipelines[0].signature
 
-    async def infer(self, inputs: Tensors, timeout_s: float | None, max_rows: int | None = None) -> Tensors:
+    async def infer(self, inputs: Tensors, timeout_s: float | None, limits: LimitsConfig | None = None) -> Tensors:
         """Validate, queue and await one request's outputs (its own rows only)."""
         if self._batcher is None:
             raise RuntimeError("runner not started")
         pipeline = self._pipelines[0]
         pipeline.signature.check_inputs(inputs)
         rows = count_rows(inputs)
-        if max_rows is not None and rows > max_rows:
-            raise PayloadTooLarge(f"request has {rows} rows; server.limits.max_rows is {max_rows}")
+        if limits is not None:
+            check_limits(inputs, rows, limits)
         inputs = pipeline.processor.check(inputs)  # a bad request fails here, alone, not its whole batch
         request = self._batcher.submit(inputs, rows, timeout_s)
         series = self.series
