@@ -17,7 +17,15 @@ from typing import Any
 import orjson
 
 from hotswap.config import LOOPBACK_HOSTS, ServerConfig
-from hotswap.errors import ConfigError, Forbidden, HotswapError, PayloadTooLarge, RequestTimeout, Unauthorized
+from hotswap.errors import (
+    ClientClosed,
+    ConfigError,
+    Forbidden,
+    HotswapError,
+    PayloadTooLarge,
+    RequestTimeout,
+    Unauthorized,
+)
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -73,7 +81,11 @@ def allowed_hosts(config: ServerConfig) -> frozenset[str] | None:
 
 
 def check_exposure(config: ServerConfig) -> None:
-    """Refuse to serve a non-loopback address with no tokens, unless anonymous access is explicit."""
+    """Refuse to serve a non-loopback address with no tokens, unless anonymous access is explicit.
+
+    Also reads every token now: the Guard itself is built at the app's first ASGI call, too
+    late for a missing token to be a config error at start-up."""
+    read_tokens(config)
     if not config.is_loopback() and not config.auth.tokens and not config.auth.allow_anonymous:
         raise ConfigError(f"server.host: {config.host} is reachable from other machines but server.auth.tokens "
                           "is empty; add tokens, or set server.auth.allow_anonymous: true to serve without them")
@@ -155,17 +167,21 @@ class Guard:
         return None
 
     def _bounded(self, scope: Scope, receive: Receive) -> Receive:
-        """receive() that stops a body over the limit, or one that arrives too slowly."""
+        """receive() that stops a body over the limit, or one not complete within body_timeout_s.
+
+        The deadline is for the whole body, counted from the request's headers: a client that
+        dribbles a byte at a time must not hold the connection any longer than a silent one."""
         received = 0
         done = False
         max_body, timeout = self._max_body, self._body_timeout
+        deadline = asyncio.get_running_loop().time() + timeout
 
         async def bounded_receive() -> Message:
             nonlocal received, done
             if done:  # after the body only a disconnect can come: no deadline on it
                 return await receive()
             try:
-                message = await asyncio.wait_for(receive(), timeout)
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - asyncio.get_running_loop().time()))
             except asyncio.TimeoutError:
                 raise BodyTimeout(f"request body not received within server.limits.body_timeout_s="
                                   f"{timeout:g}") from None
@@ -174,8 +190,8 @@ class Guard:
                 if received > max_body:
                     raise PayloadTooLarge(f"body exceeds server.limits.max_body_bytes={max_body}")
                 done = not message.get("more_body", False)
-            else:
-                done = True
+            else:  # gone before its whole body came: nobody reads the answer, and nothing failed here
+                raise ClientClosed("the client disconnected before sending its whole body")
             return message
 
         return bounded_receive

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from hotswap.backends.registry import BackendRegistry
 from hotswap.config import HotswapConfig, ModelConfig, format_validation_error
 from hotswap.errors import ConfigError, InvalidInput, ModelNotFound, ModelNotReady
-from hotswap.models.sources import hotswap_home
+from hotswap.models.sources import ARTIFACT_SUFFIXES, hotswap_home
 from hotswap.serve.metrics import Metrics
 from hotswap.serve.runner import ModelRunner
 
@@ -61,8 +61,9 @@ def check_model_roots(config: HotswapConfig, config_dir: Path | None) -> None:
         path = Path(model.source).expanduser()
         if not path.is_absolute():
             path = (config_dir or Path.cwd()) / path
-        resolved = path.resolve()
-        if not any(resolved.is_relative_to(root) for root in roots):
+        # A folder's files are checked one by one: a symlink inside a root may point out of it.
+        files = [path, *(p for p in path.iterdir() if p.suffix in ARTIFACT_SUFFIXES)] if path.is_dir() else [path]
+        if not all(any(f.resolve().is_relative_to(root) for root in roots) for f in files):
             raise ConfigError(f"models.{i}.source: {model.source} lies outside server.model_roots "
                               f"({', '.join(str(r) for r in roots)}); model files are code, add its folder "
                               "to server.model_roots if it is trusted")
@@ -95,7 +96,7 @@ class ModelRepository:
             raise ModelNotFound(f"model '{name}' has no version '{version}'; versions: {slot.config.version}")
         if slot.runner is None:
             detail = f": {slot.reason}" if slot.reason else ""
-            raise ModelNotReady(f"model '{name}' is not ready (state {slot.state}){detail}")
+            raise ModelNotReady(f"model '{name}' is not ready (state {slot.state.value}){detail}")
         return slot.runner
 
     async def load_all(self) -> None:
