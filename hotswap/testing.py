@@ -13,6 +13,10 @@ Use it from a plugin's tests:
 
 The tiny network is built here with torch (two outputs, one FP32 input [-1, 8]) and
 exported to ONNX, TorchScript and torch.export, so no test needs a downloaded model.
+
+Tests that prove a chain skips or refuses onnxruntime CUDA can only pass where it is
+absent; they call `skip_if_ort_provider("CUDAExecutionProvider")`, which skips (saying
+so) on a machine where the backend's own probe accepts that provider.
 """
 
 from __future__ import annotations
@@ -77,6 +81,27 @@ def build_tiny_models(directory: Path, seed: int = 0) -> TinyModels:
     torch.export.save(torch.export.export(model, (example,), dynamic_shapes=({0: batch},)), str(pt2_path))
     return TinyModels(onnx_path, ts_path, pt2_path, model.linear.weight.detach().numpy().copy(),
                       model.linear.bias.detach().numpy().copy())
+
+
+def ort_provider_present(provider: str) -> str | None:
+    """Why a test that needs `provider` absent cannot run here, or None when it is absent.
+
+    Asks the onnxruntime backend's own probe, so the answer is the one a chain walk gets.
+    """
+    from hotswap.backends.onnxruntime_backend import OnnxRuntimeBackend
+
+    reason = OnnxRuntimeBackend.probe(OnnxRuntimeBackend.Options.model_validate({"providers": [provider]}))
+    if reason is not None:
+        return None
+    return (f"onnxruntime has {provider} here (the backend probe accepts it), so a chain entry with it "
+            "loads instead of being skipped; this test needs it absent")
+
+
+def skip_if_ort_provider(provider: str = "CUDAExecutionProvider") -> None:
+    """pytest.skip the calling test when onnxruntime can run `provider` on this machine."""
+    reason = ort_provider_present(provider)
+    if reason is not None:
+        pytest.skip(reason)
 
 
 @dataclass

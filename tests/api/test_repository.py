@@ -9,8 +9,10 @@ import pytest
 import tritonclient.http as httpclient
 from api_support import running_server, server_section
 
+from hotswap.backends.onnxruntime_backend import OnnxRuntimeBackend
 from hotswap.config import parse_config
 from hotswap.serve.app import create_app
+from hotswap.testing import skip_if_ort_provider
 
 MODELS = ["tiny", "tiny_torch", "strings", "flaky"]
 
@@ -47,6 +49,8 @@ def test_index_after_unload_and_load(server, client):
 
 
 def test_failed_load_of_unloaded_model_is_unavailable_with_reason(server, client, tiny):
+    """A load that fails leaves an unloaded model UNAVAILABLE, with the chain's reason in index and errors."""
+    skip_if_ort_provider("CUDAExecutionProvider")
     client.unload_model("tiny")
     cuda = json.dumps({"backends": [{"name": "onnxruntime", "providers": ["CUDAExecutionProvider"]}]})
     try:
@@ -66,11 +70,19 @@ def test_failed_load_of_unloaded_model_is_unavailable_with_reason(server, client
     assert client.get_model_metadata("tiny")["backend"]["name"] == "onnxruntime"
 
 
-def test_model_that_cannot_load_stops_start_up(registry, tiny, tmp_path_factory):
-    """A configured model whose chain cannot load anywhere here: the server does not start."""
+def test_model_that_cannot_load_stops_start_up(registry, tiny, tmp_path_factory, capfd):
+    """A configured model whose chain cannot load here stops start-up, and the start-up error
+    carries the chain entry's own reason: the CUDA provider probe's words, not just "failed"."""
+    skip_if_ort_provider("CUDAExecutionProvider")
+    cuda = OnnxRuntimeBackend.Options.model_validate({"providers": ["CUDAExecutionProvider"]})
+    reason = OnnxRuntimeBackend.probe(cuda)
+    assert reason is not None
     config = parse_config({"server": server_section(tmp_path_factory), "models": [
         {"name": "gpu_only", "source": str(tiny.onnx), "backends": [
         {"name": "onnxruntime", "providers": ["CUDAExecutionProvider"]}]}]}, "test", registry)
-    with pytest.raises(RuntimeError, match="exited during start-up"):
+    with pytest.raises(RuntimeError, match=r"exited during start-up \(SystemExit: 3\)"):
         with running_server(create_app(config, registry)):
             pass
+    log = capfd.readouterr().err
+    assert "model 'gpu_only': no backend in its chain could load" in log
+    assert f"#0 onnxruntime[CUDAExecutionProvider]: {reason}" in log

@@ -11,6 +11,8 @@ import pytest
 import tritonclient.http as httpclient
 from api_support import TINY_IO, LiveServer, infer_tiny, tiny_input
 
+from hotswap.testing import skip_if_ort_provider
+
 MODEL = "swap"
 CLIENT_THREADS = 3
 TRAFFIC_LIMIT_S = 8.0  # hard stop for the client threads whatever happens
@@ -142,6 +144,8 @@ def test_swap_under_load_and_back(swap_server, swap_client, tiny):
 
 
 def test_failed_load_keeps_serving_old_backend(swap_server, swap_client, tiny):
+    """A swap onto a chain that cannot load (onnxruntime CUDA, absent here) is a 400; the old backend serves on."""
+    skip_if_ort_provider("CUDAExecutionProvider")
     before = swap_client.get_model_metadata(MODEL)
     cuda = json.dumps({"backends": [{"name": "onnxruntime", "providers": ["CUDAExecutionProvider"]}]})
     with Traffic(swap_server, tiny, threads=2) as traffic:
@@ -167,6 +171,7 @@ def test_failed_load_keeps_serving_old_backend(swap_server, swap_client, tiny):
 
 def test_chain_fallback_reports_skipped(swap_server, swap_client, tiny):
     """A chain whose first entry cannot run here swaps onto the next and says why in metadata."""
+    skip_if_ort_provider("CUDAExecutionProvider")
     chain = json.dumps({"backends": [
         {"name": "onnxruntime", "providers": ["CUDAExecutionProvider"]}, {"name": "onnxruntime"}]})
     try:

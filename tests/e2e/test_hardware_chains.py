@@ -10,6 +10,7 @@ import httpx
 import pytest
 import yaml
 
+from hotswap.testing import skip_if_ort_provider
 from tests.e2e.test_serve_default import REPO, free_port, start_server, wait_ready
 
 
@@ -30,6 +31,7 @@ def serve_and_get_metadata(config_path, home, tmp_path):
 @pytest.mark.slow
 def test_openvino_example_chain_picks_openvino_and_says_why(minilm_source, tmp_path):
     """examples/openvino.yaml: [onnxruntime CUDA, openvino CPU, onnxruntime CPU] -> OpenVINO here."""
+    skip_if_ort_provider("CUDAExecutionProvider")
     metadata, metrics, log = serve_and_get_metadata(REPO / "examples" / "openvino.yaml",
                                                     minilm_source.base_dir.parents[1], tmp_path)
     assert metadata["backend"]["name"] == "openvino"
@@ -44,6 +46,8 @@ def test_openvino_example_chain_picks_openvino_and_says_why(minilm_source, tmp_p
 
 @pytest.mark.slow
 def test_missing_provider_and_unknown_plugin_fall_through(minilm_source, tmp_path):
+    """A missing provider and a plugin that is not installed are skipped, each with its reason; torch serves."""
+    skip_if_ort_provider("CUDAExecutionProvider")
     config = {"models": [{"name": "minilm", "source": "builtin:minilm", "backends": [
         {"name": "onnxruntime", "providers": ["CUDAExecutionProvider"]},
         {"name": "ascend_vendor_plugin", "device": "npu:0"},
@@ -68,6 +72,8 @@ def test_strict_entry_on_missing_device_fails_startup(example, named, minilm_sou
 
     if example.startswith("torch") and torch.cuda.is_available():
         pytest.skip("a CUDA device exists here, so this chain loads")
+    if example.startswith("onnxruntime"):
+        skip_if_ort_provider("CUDAExecutionProvider")
     env_home = str(minilm_source.base_dir.parents[1])
     result = subprocess.run([sys.executable, "-m", "hotswap.cli", "serve", "--config", str(REPO / "examples" / example),
                              "--port", str(free_port())], cwd=REPO, capture_output=True, text=True, timeout=240,

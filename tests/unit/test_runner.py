@@ -1,0 +1,124 @@
+"""ModelRunner and the app lifespan with a real onnxruntime session on the tiny network.
+
+Orderings are forced, not timed: a batch is held "running" by occupying its instance's
+own worker thread (as a long previous batch would) until the test releases it. Every
+scenario runs under asyncio.wait_for, so a hang fails instead of stalling the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import threading
+import weakref
+
+import numpy as np
+
+from hotswap.backends.onnxruntime_backend import OnnxRuntimeBackend
+from hotswap.backends.registry import BackendRegistry
+from hotswap.config import ModelConfig, parse_config
+from hotswap.serve.app import create_app
+from hotswap.serve.metrics import Metrics
+from hotswap.serve.runner import ModelRunner
+from hotswap.testing import TinyModels
+
+REGISTRY = BackendRegistry(available={"onnxruntime": OnnxRuntimeBackend})
+SCENARIO_TIMEOUT_S = 30
+
+
+def run(coro):
+    async def guarded():
+        return await asyncio.wait_for(coro, SCENARIO_TIMEOUT_S)
+
+    return asyncio.run(guarded())
+
+
+def rows(count: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((count, 8)).astype(np.float32)
+
+
+async def until(condition, what: str) -> None:
+    for _ in range(2000):
+        if condition():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError(f"timed out waiting until {what}")
+
+
+def test_cancelled_request_mid_batch_leaves_others_their_rows(tiny: TinyModels):
+    """Four requests (2, 3, 1, 4 rows) fill one 10-row batch; the second is cancelled while that batch
+    runs. Its rows are still computed (one batch of 10), and every other request gets exactly its own rows."""
+    sizes = (2, 3, 1, 4)
+    xs = [rows(n, seed) for seed, n in enumerate(sizes)]
+
+    async def scenario() -> None:
+        config = ModelConfig(name="tiny", source=str(tiny.onnx), backends=[{"name": "onnxruntime"}],
+                             batching={"max_batch_size": sum(sizes), "max_queue_delay_ms": 10_000,
+                                       "adaptive_delay": False})
+        metrics = Metrics()
+        runner = ModelRunner(config, REGISTRY, metrics)
+        await runner.start()
+        gate = threading.Event()
+        busy = runner._executors[0].submit(gate.wait, SCENARIO_TIMEOUT_S)  # the instance thread is taken
+        try:
+            tasks = [asyncio.create_task(runner.infer({"x": x}, None)) for x in xs]
+            await until(lambda: len(runner._waiting) == len(sizes)
+                        and all(r.started is not None for r in runner._waiting), "the batch is running")
+            tasks[1].cancel()
+            await asyncio.sleep(0)
+            gate.set()
+            answers = await asyncio.gather(*tasks, return_exceptions=True)
+        finally:
+            gate.set()
+            busy.result()
+            await runner.close()
+        assert isinstance(answers[1], asyncio.CancelledError)
+        for index in (0, 2, 3):
+            want = tiny.reference({"x": xs[index]})
+            for name in ("y", "z"):
+                np.testing.assert_allclose(answers[index][name], want[name], atol=1e-5, rtol=0,
+                                           err_msg=f"request {index} output {name}")
+        labels = {"model": "tiny", "version": "1", "backend": "onnxruntime", "device": "cpu"}
+        assert metrics.registry.get_sample_value("hotswap_execution_count_total", labels) == 1
+        assert metrics.registry.get_sample_value("hotswap_inference_count_total", labels) == sum(sizes)
+
+    run(scenario())
+
+
+def test_lifespan_shutdown_drains_queue_and_closes_every_backend(tiny: TinyModels, tmp_path_factory):
+    """Leaving the app's lifespan (server shutdown) runs the data plane's close: requests still
+    queued are answered with their own rows before it returns, and both instances' onnxruntime
+    sessions are dropped and freed."""
+    config = parse_config({"server": {"model_roots": [str(tmp_path_factory.getbasetemp())]}, "models": [
+        {"name": "tiny", "source": str(tiny.onnx), "backends": [{"name": "onnxruntime"}], "instances": 2,
+         "batching": {"max_batch_size": 64, "max_queue_delay_ms": 1000, "adaptive_delay": False}}]},
+        "test", REGISTRY)
+    xs = [rows(n, 10 + n) for n in (1, 2, 3)]
+
+    async def ask(plane, x):
+        with plane.call("tiny") as call:
+            return await call.infer({"x": x})
+
+    async def scenario():
+        app = create_app(config, REGISTRY)
+        plane = app.state.dataplane
+        async with app.router.lifespan_context(app):
+            runner = plane.repository.runners()[0]
+            backends = [pipeline.backend for pipeline in runner._pipelines]
+            sessions = [weakref.ref(backend._session) for backend in backends]
+            tasks = [asyncio.create_task(ask(plane, x)) for x in xs]
+            await until(lambda: len(runner._waiting) == len(xs), "every request is queued")
+            assert not any(task.done() for task in tasks)
+        # The lifespan has returned: the drain is over, not merely begun.
+        assert all(task.done() for task in tasks)
+        return [task.result() for task in tasks], backends, sessions, plane
+
+    answers, backends, sessions, plane = run(scenario())
+    for x, answer in zip(xs, answers):
+        np.testing.assert_allclose(answer["y"], tiny.reference({"x": x})["y"], atol=1e-5, rtol=0)
+    assert len(backends) == 2
+    assert all(backend._session is None for backend in backends)
+    gc.collect()
+    assert [ref() for ref in sessions] == [None, None], "an onnxruntime session outlived shutdown"
+    assert plane.repository.runners() == [] and plane.shutting_down
+
