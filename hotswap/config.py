@@ -72,6 +72,8 @@ class LimitsConfig(_Strict):
     keep_alive_s: float = Field(5.0, gt=0, le=300, description="Idle keep-alive connections close after this.")
     body_timeout_s: float = Field(30.0, gt=0, le=3600, description="A request body not received within this "
                                   "gets 408: slow or silent clients do not hold the server.")
+    header_timeout_s: float = Field(10.0, gt=0, le=600, description="A connection whose request headers do not "
+                                    "arrive within this (a silent or slowly dripping client) is closed.")
 
 
 class ServerConfig(_Strict):

@@ -14,6 +14,7 @@ import socket
 from types import FrameType
 
 import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from hotswap.config import ServerConfig
 from hotswap.serve.dataplane import DataPlane
@@ -22,9 +23,51 @@ from hotswap.serve.dataplane import DataPlane
 ANSWER_MARGIN_S = 0.5
 
 
+class HeaderDeadlineProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, but a connection whose request headers do not arrive within
+    `header_timeout_s` is closed: silent sockets and slowly dripped headers cannot pile up
+    (uvicorn's own keep-alive timeout only covers the idle time between requests)."""
+
+    header_timeout_s = 10.0
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._header_deadline: asyncio.TimerHandle | None = None
+        self._arm_header_deadline()
+
+    def _arm_header_deadline(self) -> None:
+        if self._header_deadline is None:
+            self._header_deadline = self.loop.call_later(self.header_timeout_s, self._headers_too_late)
+
+    def _disarm_header_deadline(self) -> None:
+        if self._header_deadline is not None:
+            self._header_deadline.cancel()
+            self._header_deadline = None
+
+    def _headers_too_late(self) -> None:
+        self._header_deadline = None
+        if not self.transport.is_closing():
+            self.transport.close()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._arm_header_deadline()  # the next request on a kept-alive connection
+
+    def on_headers_complete(self) -> None:
+        self._disarm_header_deadline()
+        super().on_headers_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_header_deadline()
+        super().connection_lost(exc)
+
+
 def uvicorn_config(app: object, server: ServerConfig, **overrides: object) -> uvicorn.Config:
-    """uvicorn settings from `server`: bind address, keep-alive, concurrency and drain bounds."""
+    """uvicorn settings from `server`: bind address, keep-alive, concurrency, header and drain bounds."""
+    protocol = type("HotswapHttpProtocol", (HeaderDeadlineProtocol,),
+                    {"header_timeout_s": server.limits.header_timeout_s})
     settings: dict = {
+        "http": protocol,
         "host": server.host, "port": server.port, "log_level": server.log_level, "log_config": None,
         "access_log": False, "timeout_graceful_shutdown": server.graceful_timeout_s,
         "timeout_keep_alive": server.limits.keep_alive_s, "limit_concurrency": server.limits.max_concurrency,

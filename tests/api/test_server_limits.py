@@ -1,0 +1,108 @@
+"""The HTTP server itself, as `hotswap serve` builds it (HotswapServer + uvicorn_config):
+silent and slowly dripping clients are cut off, and connections are bounded."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import httpx
+import pytest
+from api_support import free_port, server_section
+
+from hotswap.config import parse_config
+from hotswap.serve.app import create_app
+from hotswap.serve.server import HotswapServer, uvicorn_config
+
+HEADER_TIMEOUT_S = 1.0
+
+
+@contextmanager
+def hotswap_server(registry, tiny, tmp_path_factory, limits: dict) -> Iterator[int]:
+    port = free_port()
+    server_cfg = {**server_section(tmp_path_factory), "port": port, "log_level": "warning", "limits": limits}
+    config = parse_config({"server": server_cfg, "models": [
+        {"name": "tiny", "source": str(tiny.onnx), "backends": [{"name": "onnxruntime"}]}]}, "test", registry)
+    app = create_app(config, registry)
+    server = HotswapServer(uvicorn_config(app, config.server), app.state.dataplane)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
+        time.sleep(0.02)
+    try:
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+@pytest.fixture(scope="module")
+def port(registry, tiny, tmp_path_factory) -> Iterator[int]:
+    with hotswap_server(registry, tiny, tmp_path_factory, {"header_timeout_s": HEADER_TIMEOUT_S}) as p:
+        yield p
+
+
+def closed_after(sock: socket.socket, limit_s: float) -> float | None:
+    """Seconds until the server closed `sock` (None if it was still open after `limit_s`)."""
+    started = time.monotonic()
+    sock.settimeout(limit_s)
+    try:
+        while sock.recv(4096):
+            pass
+    except TimeoutError:
+        return None
+    return time.monotonic() - started
+
+
+def test_a_silent_connection_is_closed(port):
+    """A client that connects and sends nothing holds no connection past header_timeout_s."""
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        waited = closed_after(sock, HEADER_TIMEOUT_S + 4)
+    assert waited is not None, "the silent connection was still open"
+    assert waited >= HEADER_TIMEOUT_S * 0.8
+
+
+def test_dripping_headers_are_cut_off(port):
+    """Headers sent a byte at a time, never finished: closed at the header deadline, not held open."""
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        started = time.monotonic()
+        for byte in b"POST /v2/models/tiny/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ":
+            try:
+                sock.sendall(bytes([byte]))
+            except OSError:
+                break
+            if time.monotonic() - started > HEADER_TIMEOUT_S + 4:
+                break
+            time.sleep(0.1)
+        waited = closed_after(sock, 3)
+    assert waited is not None, "the dripping connection was still open"
+    assert time.monotonic() - started < HEADER_TIMEOUT_S + 5
+
+
+def test_requests_on_a_kept_alive_connection_still_work(port):
+    """The header deadline is per request: a kept-alive client with quick requests is never cut."""
+    body = {"inputs": [{"name": "x", "shape": [1, 8], "datatype": "FP32", "data": [0.1] * 8}]}
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+        for _ in range(3):
+            assert client.post("/v2/models/tiny/infer", json=body).status_code == 200
+            time.sleep(HEADER_TIMEOUT_S * 0.6)  # idle between requests, under keep_alive_s
+
+
+def test_connections_over_max_concurrency_get_503(registry, tiny, tmp_path_factory):
+    """limits.max_concurrency bounds open connections: one more is answered 503, not queued forever."""
+    with hotswap_server(registry, tiny, tmp_path_factory, {"max_concurrency": 2}) as p:
+        held = [socket.create_connection(("127.0.0.1", p)) for _ in range(2)]
+        try:
+            time.sleep(0.2)
+            response = httpx.get(f"http://127.0.0.1:{p}/v2/health/live", timeout=10)
+            assert response.status_code == 503
+        finally:
+            for sock in held:
+                sock.close()
+        time.sleep(0.2)
+        assert httpx.get(f"http://127.0.0.1:{p}/v2/health/live", timeout=10).status_code == 200
