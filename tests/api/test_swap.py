@@ -139,6 +139,10 @@ def test_swap_under_load_and_back(swap_server, swap_client, tiny):
     selected = {dict(labels)["backend"]: value for (name, labels), value in samples.items()
                 if name == "hotswap_backend_selected" and ("model", MODEL) in labels}
     assert selected == {"torch": 1.0, "onnxruntime": 0.0}
+    # What runs the model is only the serving backend: the swapped-out one's info is retired.
+    info = {dict(labels)["backend"]: value for (name, labels), value in samples.items()
+            if name == "hotswap_backend_info" and ("model", MODEL) in labels}
+    assert info == {"torch": 1.0, "onnxruntime": 0.0}
     index = {m["name"]: m for m in swap_client.get_model_repository_index()}
     assert index[MODEL]["state"] == "READY"
 
