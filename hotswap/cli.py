@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.table import Table
 
 from hotswap.backends.registry import discover_backends
@@ -87,33 +88,72 @@ def backends() -> None:
     Console(width=200).print(table)
 
 
+def _compare_table(report) -> Table:
+    reference = next((e for e in report.entries if e.position == report.reference), None)
+    table = Table(title=f"{report.model}: {report.runs} runs per batch size, error vs "
+                        f"{escape(f'#{reference.position} {reference.label}') if reference else 'nothing loaded'}")
+    for column in ("#", "backend", "device", "batch", "p50 ms", "p99 ms", "rows/s", "max abs error", "min cosine"):
+        table.add_column(column)
+    for e in report.entries:
+        if e.skipped:
+            table.add_row(str(e.position), escape(e.label), "-", "-", "-", "-", "-",
+                          f"[yellow]skipped[/yellow]: {escape(e.skipped)}", "-")
+        for r in e.results:
+            errors = ", ".join(f"{name} {err:.1e}" for name, err in r.errors.items())
+            # Labels are text, not markup: 'torch[cpu]' must not lose its brackets.
+            table.add_row(str(e.position), escape(e.label), escape(e.device), str(r.batch), f"{r.p50_ms:.2f}",
+                          f"{r.p99_ms:.2f}", f"{r.rows_per_s:.0f}", errors, f"{r.min_cosine:.6f}")
+    return table
+
+
 @app.command()
 def compare(
     config: Path = typer.Option(..., "--config", "-c", help="YAML config file."),
     model: str | None = typer.Option(None, help="Model name (default: the first)."),
-    batch: int = typer.Option(4, min=1, help="Rows per call."),
-    runs: int = typer.Option(10, min=1, help="Timed calls per backend."),
+    batch: list[int] = typer.Option([1, 8, 32], "--batch", min=1, max=4096, help="Rows per call; repeat for "
+                                    "several batch sizes."),
+    runs: int = typer.Option(20, min=1, max=100_000, help="Timed calls per backend and batch size."),
+    reference: int | None = typer.Option(None, min=0, help="Chain position of the reference entry (default: "
+                                         "the first that loads)."),
+    json_file: Path | None = typer.Option(None, "--json", help="Write the report as JSON here."),
+    html_file: Path | None = typer.Option(None, "--html", help="Write a self-contained HTML report here."),
+    max_abs_error: float | None = typer.Option(None, help="Exit 1 if an entry's max abs error exceeds this."),
+    min_cosine: float | None = typer.Option(None, help="Exit 1 if an entry's lowest row cosine is below this."),
 ) -> None:
-    """Run a model on every backend of its chain that loads here: max abs error against the first
-    one that loaded, and median latency, side by side."""
-    from hotswap.compare import compare_chain
+    """Run a model on every backend of its chain that loads here, at each batch size: max abs error
+    and min cosine against a reference entry, p50 / p99 latency and rows/s. With thresholds, exit 1
+    when an entry is off: the gate for a hardware move."""
+    import json
+
+    from rich.progress import Progress
+
+    from hotswap.compare import compare_report
+    from hotswap.compare_render import render_html
 
     registry, cfg = _load(config)
     chosen = cfg.model(model) if model else (cfg.models[0] if cfg.models else None)
-    if chosen is None:
-        console.print(f"[red]no model {model!r} in {config}[/red]")
+    if chosen is None or (reference is not None and reference >= len(chosen.backends)):
+        console.print(f"[red]no model {model!r} (or chain position {reference}) in {config}[/red]")
         raise typer.Exit(2)
     _setup_logging("warning")
-    table = Table(title=f"{chosen.name}: batch {batch}, {runs} runs each, error vs the first backend that loaded")
-    for column in ("#", "backend", "device", "max abs error", "p50 ms"):
-        table.add_column(column)
-    for r in compare_chain(chosen, registry, config.resolve().parent, batch, runs):
-        if r.skipped:
-            table.add_row(str(r.position), r.label, "-", f"[yellow]skipped[/yellow]: {r.skipped}", "-")
-        else:
-            errors = ", ".join(f"{name} {err:.1e}" for name, err in r.max_abs_error.items())
-            table.add_row(str(r.position), r.label, r.device, errors, f"{r.p50_ms:.2f}")
-    Console(width=200).print(table)
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("comparing", total=len(chosen.backends) * len(batch))
+        try:
+            report = compare_report(chosen, registry, config.resolve().parent, batch, runs, reference,
+                                    lambda what: progress.advance(task, 1 if "batch" in what else len(batch)))
+        except HotswapError as exc:
+            console.print(f"[red]{exc}[/red]")
+            raise typer.Exit(2) from None
+    report.max_abs_error, report.min_cosine = max_abs_error, min_cosine
+    Console(width=200).print(_compare_table(report))
+    if json_file is not None:
+        json_file.write_text(json.dumps(report.as_dict(), indent=1))
+    if html_file is not None:
+        html_file.write_text(render_html(report))
+    for failure in report.failures():
+        console.print(f"[red]FAIL[/red] {escape(failure)}")
+    if report.failures():
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -145,6 +145,43 @@ class ProcessorConfig(BaseModel):
     name: str = Field(description="Processor name, e.g. text-embedding.")
 
 
+class FailoverConfig(_Strict):
+    """Runtime failover: move a model to the next chain entry when its backend turns faulty.
+
+    Present = on. A backend is faulty after `after_errors` consecutive failed batches (backend
+    errors, not bad input) or after one batch that ran past `batch_timeout_ms`.
+    """
+
+    after_errors: int = Field(3, ge=1, le=1000, description="Consecutive failed batches (BackendError) "
+                              "that make the serving backend faulty.")
+    batch_timeout_ms: float | None = Field(None, gt=0, le=600_000, description="A batch running longer than "
+                                           "this marks its backend hung: its requests are retried elsewhere "
+                                           "and the hung instance is abandoned. None: no limit.")
+    retry: bool = Field(True, description="Retry the requests of a failed batch once on the next backend "
+                        "(inference is idempotent), so clients see no error from a failover.")
+    standby: bool = Field(False, description="Keep the next chain entry loaded and warm so a switch is "
+                          "immediate (costs that backend's memory).")
+    retry_primary_after_s: float | None = Field(None, gt=0, le=86_400, description="After this long on a later "
+                                                "entry, probe the preferred one in the background (load, "
+                                                "warm-up, parity on recent inputs) and move back if it passes.")
+    parity_atol: float = Field(1e-3, ge=0, le=1e6, description="Largest absolute difference the probe of the "
+                               "preferred entry may show against the serving backend.")
+    parity_min_cosine: float = Field(0.999, ge=-1, le=1, description="Smallest per-row cosine similarity the "
+                                     "probe may show against the serving backend.")
+
+
+class ShadowConfig(_Strict):
+    """Shadow parity: re-run a sample of answered batches on a second backend and compare."""
+
+    backend: BackendEntry = Field(description="A chain-entry spec for the shadow, e.g. {name: onnxruntime}.")
+    sample: float = Field(0.05, gt=0, le=1, description="Fraction of batches re-run on the shadow.")
+    max_queue: int = Field(16, ge=1, le=4096, description="Batches waiting for the shadow; more are dropped "
+                           "and counted, never delaying the primary.")
+    atol: float = Field(1e-3, ge=0, le=1e6, description="Largest absolute difference that still matches.")
+    min_cosine: float = Field(0.999, ge=-1, le=1, description="Smallest per-row cosine similarity that "
+                              "still matches.")
+
+
 class ModelConfig(_Strict):
     """One served model."""
 
@@ -159,6 +196,9 @@ class ModelConfig(_Strict):
     processor: ProcessorConfig | None = Field(None, description="Pre/post-processing around the backend.")
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
     instances: int = Field(1, ge=1, le=16, description="Backend instances, each with its own worker thread.")
+    failover: FailoverConfig | None = Field(None, description="Runtime failover along the chain; off when "
+                                            "absent.")
+    shadow: ShadowConfig | None = Field(None, description="Shadow parity on live batches; off when absent.")
 
     @model_validator(mode="after")
     def _both_or_neither(self) -> ModelConfig:
@@ -214,14 +254,18 @@ def validate_backend_options(config: HotswapConfig, where: str, registry) -> Non
     left for selection to skip with a reason)."""
     problems = []
     for i, model in enumerate(config.models):
-        for j, entry in enumerate(model.backends):
+        entries: list[tuple[tuple, BackendEntry]] = [(("models", i, "backends", j), entry)
+                                                     for j, entry in enumerate(model.backends)]
+        if model.shadow is not None:
+            entries.append((("models", i, "shadow", "backend"), model.shadow.backend))
+        for prefix, entry in entries:
             backend = registry.get(entry.name)
             if backend is None:
                 continue
             try:
                 backend.Options.model_validate(entry.options)
             except ValidationError as exc:
-                problems.append(format_validation_error(exc, where, ("models", i, "backends", j)))
+                problems.append(format_validation_error(exc, where, prefix))
     if problems:
         raise ConfigError("\n".join(problems))
 

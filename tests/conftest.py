@@ -16,7 +16,30 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory) -> TinyModels:
-    return build_tiny_models(tmp_path_factory.mktemp("tiny"))
+    """The tiny network in every format. With $HOTSWAP_TEST_TINY_CACHE set (`make mutate`, which starts
+    thousands of short sessions) it is exported there once and copied into each session's temp folder."""
+    cache = os.environ.get("HOTSWAP_TEST_TINY_CACHE")
+    if not cache:
+        return build_tiny_models(tmp_path_factory.mktemp("tiny"))
+    return _cached_tiny_models(Path(cache), tmp_path_factory.mktemp("tiny"))
+
+
+def _cached_tiny_models(cache: Path, directory: Path) -> TinyModels:
+    import shutil
+
+    import numpy as np
+    from filelock import FileLock
+
+    cache.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(cache / ".lock")):
+        if not (cache / "reference.npz").exists():
+            built = build_tiny_models(cache)
+            np.savez(cache / "reference.npz", weight=built.weight, bias=built.bias)
+    for name in ("tiny.onnx", "tiny.pt", "tiny.pt2"):
+        shutil.copyfile(cache / name, directory / name)
+    reference = np.load(cache / "reference.npz")
+    return TinyModels(directory / "tiny.onnx", directory / "tiny.pt", directory / "tiny.pt2",
+                      reference["weight"], reference["bias"])
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,5 @@
-"""Model sources: an artifact path, or a built-in recipe that prepares artifacts offline."""
+"""Model sources: an artifact path, a folder of artifacts, a Hugging Face model folder (prepared
+into the cache), or a built-in recipe that prepares artifacts offline."""
 
 from __future__ import annotations
 
@@ -13,8 +14,12 @@ from hotswap.errors import ConfigError
 #: Files a folder source offers to backends (ONNX, TorchScript, torch.export, OpenVINO IR).
 ARTIFACT_SUFFIXES = (".onnx", ".pt", ".pt2", ".xml")
 
+#: A source with this prefix must be a Hugging Face model folder (config.json); without it, a folder
+#: with config.json is one too, and any other folder is a folder of artifacts.
+HF_PREFIX = "hf:"
+
 #: builtin:<name> -> "module:function" returning a ModelSource; preparation is offline.
-BUILTIN_RECIPES = {"minilm": "hotswap.models.minilm:prepare"}
+BUILTIN_RECIPES = {"minilm": "hotswap.models.minilm:prepare", "smollm2": "hotswap.models.smollm2:prepare"}
 
 
 @dataclass
@@ -47,7 +52,7 @@ def hotswap_home() -> Path:
 
 
 def resolve_source(source: str, config_dir: Path | None = None, progress: bool = False) -> ModelSource:
-    """Turn a config `source` into artifacts on disk (preparing a built-in if needed)."""
+    """Turn a config `source` into artifacts on disk (preparing a built-in or a model folder if needed)."""
     if source.startswith("builtin:"):
         name = source.removeprefix("builtin:")
         if name not in BUILTIN_RECIPES:
@@ -55,11 +60,20 @@ def resolve_source(source: str, config_dir: Path | None = None, progress: bool =
                               f"{', '.join('builtin:' + n for n in BUILTIN_RECIPES)}")
         module, func = BUILTIN_RECIPES[name].split(":")
         return getattr(importlib.import_module(module), func)(hotswap_home(), progress=progress)
-    path = Path(source).expanduser()
+    hf = source.startswith(HF_PREFIX)
+    path = Path(source.removeprefix(HF_PREFIX)).expanduser()
     if not path.is_absolute() and config_dir is not None:
         path = config_dir / path
     if not path.exists():
         raise ConfigError(f"source: {source} does not exist")
+    if hf and not (path / "config.json").is_file():
+        raise ConfigError(f"source: {path / 'config.json'} is missing; an {HF_PREFIX} source is a Hugging Face "
+                          "model folder")
+    if path.is_dir() and (path / "config.json").is_file():
+        # Imported here: preparing needs torch and transformers, serving an artifact does not.
+        from hotswap.models.hf_encoder import prepare_folder
+
+        return prepare_folder(path, hotswap_home() / "hf", path.name, progress)
     if path.is_dir():
         return _folder_source(source, path)
     return ModelSource(artifacts=[path])

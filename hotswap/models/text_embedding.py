@@ -2,7 +2,7 @@
 
     text       BYTES [-1]      -> tokenizer -> input_ids, attention_mask, token_type_ids INT64 [B, S]
     backend    token embeddings FP32 [B, S, H]
-    embedding  FP32 [-1, H]    <- mean (or CLS) pooling over the attention mask, then L2 norm
+    embedding  FP32 [-1, H]    <- mean, CLS or last-token pooling over the attention mask, then L2 norm
 
 With the defaults this is exactly sentence-transformers' all-MiniLM-L6-v2 pipeline
 (truncate at 256 tokens, mean pooling, normalise). A batch is tokenised once and padded to
@@ -11,6 +11,7 @@ its longest row, so short texts batched together stay cheap.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -18,6 +19,7 @@ import numpy as np
 from pydantic import Field
 from tokenizers import Tokenizer
 
+from hotswap.config import ProcessorConfig
 from hotswap.errors import BackendError, ConfigError, InvalidInput
 from hotswap.models.processing import Processor, ProcessorOptions
 from hotswap.models.signature import Signature, Tensors, TensorSpec
@@ -41,8 +43,9 @@ class TextEmbeddingOptions(ProcessorOptions):
                                   "past max_length is dropped anyway.")
     input_name: str = Field("text", description="Name of the public BYTES input (UTF-8 text, one per row).")
     output_name: str = Field("embedding", description="Name of the public FP32 [-1, H] output.")
-    pooling: Literal["mean", "cls"] = Field("mean", description="mean: average of the token embeddings under "
-                                            "the attention mask; cls: the first token's embedding.")
+    pooling: Literal["mean", "cls", "last"] = Field(
+        "mean", description="mean: average of the token embeddings under the attention mask; cls: the first "
+        "token's embedding; last: the last token under the mask (decoder models such as e5-mistral).")
     normalize: bool = Field(True, description="Scale each embedding to unit L2 norm.")
 
 
@@ -53,7 +56,7 @@ class TextEmbeddingProcessor(Processor[TextEmbeddingOptions]):
     Options = TextEmbeddingOptions
 
     def __init__(self, options: TextEmbeddingOptions, base_dir: Path, backend_signature: Signature) -> None:
-        self.tokenizer = _load_tokenizer(options, Path(base_dir))
+        self.tokenizer = load_tokenizer(options, Path(base_dir))
         # Filled by bind(), which super().__init__ calls: so these defaults must come first.
         self._backend_inputs: tuple[str, ...] = ()
         self._backend_output = ""
@@ -107,6 +110,8 @@ class TextEmbeddingProcessor(Processor[TextEmbeddingOptions]):
                                f"{list(tokens.shape)}, expected [batch, sequence, hidden]")
         if self.options.pooling == "cls":
             pooled = tokens[:, 0, :] if tokens.shape[1] else np.zeros(tokens.shape[::2], np.float32)
+        elif self.options.pooling == "last":
+            pooled = _last_token(tokens, np.asarray(backend_inputs["attention_mask"]))
         else:
             mask = np.asarray(backend_inputs["attention_mask"], dtype=np.float32)
             summed = np.einsum("bsh,bs->bh", tokens, mask, dtype=np.float32)
@@ -116,7 +121,41 @@ class TextEmbeddingProcessor(Processor[TextEmbeddingOptions]):
         return {self.options.output_name: np.ascontiguousarray(pooled, dtype=np.float32)}
 
 
-def _load_tokenizer(options: TextEmbeddingOptions, base_dir: Path) -> Tokenizer:
+def _last_token(tokens: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Each row's embedding at its last position under the mask, whichever side was padded."""
+    if not tokens.shape[1]:
+        return np.zeros(tokens.shape[::2], np.float32)
+    # argmax over the reversed mask finds the last 1: right padding (ours) and left padding alike.
+    last = tokens.shape[1] - 1 - np.argmax(mask[:, ::-1] != 0, axis=1)
+    return tokens[np.arange(tokens.shape[0]), last, :]
+
+
+def text_embedding_options(config: ProcessorConfig | None) -> TextEmbeddingOptions | None:
+    """The options of a `text-embedding` processor config; None for any other processor."""
+    if config is None or config.name != TextEmbeddingProcessor.name:
+        return None
+    return TextEmbeddingOptions.model_validate(dict(config.model_extra or {}))
+
+
+class TokenCounter:
+    """Counts the tokens the text-embedding processor feeds its backend, for usage reports.
+
+    Same tokenizer file, character cut and truncation as the processor, so a count is what
+    the model really consumed (special tokens included), not an estimate.
+    """
+
+    def __init__(self, options: TextEmbeddingOptions, base_dir: Path) -> None:
+        self._tokenizer = load_tokenizer(options, Path(base_dir))
+        self._tokenizer.no_padding()  # padding would count the batch's longest row for every text
+        self._keep = options.max_chars or 64 * options.max_length
+
+    def count(self, texts: Sequence[str]) -> int:
+        """Tokens of `texts` after truncation, summed."""
+        keep = self._keep
+        return sum(len(e.ids) for e in self._tokenizer.encode_batch([text[:keep] for text in texts]))
+
+
+def load_tokenizer(options: TextEmbeddingOptions, base_dir: Path) -> Tokenizer:
     """The tokenizer file, set to truncate at `max_length` and pad to the batch's longest row."""
     path = Path(options.tokenizer).expanduser()
     if not path.is_absolute():

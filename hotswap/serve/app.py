@@ -18,11 +18,21 @@ from hotswap.errors import HotswapError
 from hotswap.serve.dataplane import DataPlane
 from hotswap.serve.guard import Guard, check_exposure
 from hotswap.serve.metrics import Metrics
+from hotswap.serve.openai_routes import install as install_openai
+from hotswap.serve.openai_routes import is_openai_path, openai_error_body
 from hotswap.serve.repository import ModelRepository
 from hotswap.serve.routes import build_router, json_response
 from hotswap.serve.schemas import v2_openapi
 
 log = logging.getLogger("hotswap.app")
+
+
+def error_response(request: Request, status: int, message: str, exc: Exception,
+                   headers: dict | None = None) -> Response:
+    """v2's {"error": "..."}, or OpenAI's error object under /v1/, whose clients parse that shape."""
+    if is_openai_path(request.url.path):
+        return json_response(openai_error_body(status, message, exc), status, headers)
+    return json_response({"error": message}, status, headers)
 
 
 def create_app(config: HotswapConfig, registry: BackendRegistry | None = None,
@@ -49,26 +59,27 @@ def create_app(config: HotswapConfig, registry: BackendRegistry | None = None,
     app.openapi = lambda: v2_openapi(app)  # type: ignore[method-assign]
     app.state.dataplane = plane
     app.include_router(build_router())
+    install_openai(app)
     app.add_middleware(Guard, config=config.server)
 
     @app.exception_handler(HotswapError)
     async def hotswap_error(request: Request, exc: HotswapError) -> Response:
         headers = {"Retry-After": "1"} if exc.status == 503 else None
-        return json_response({"error": str(exc)}, exc.status, headers)
+        return error_response(request, exc.status, str(exc), exc, headers)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> Response:
-        return json_response({"error": f"{exc.detail}: {request.method} {request.url.path}"}, exc.status_code)
+        return error_response(request, exc.status_code, f"{exc.detail}: {request.method} {request.url.path}", exc)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> Response:
-        return json_response({"error": str(exc)}, 400)
+        return error_response(request, 400, str(exc), exc)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> Response:
         # The text may hold paths or internals: it goes to the log, the client gets the type only.
         log.exception("unexpected error on %s", request.url.path)
-        return json_response({"error": f"internal error ({type(exc).__name__}); details are in the server log"},
-                             500)
+        message = f"internal error ({type(exc).__name__}); details are in the server log"
+        return error_response(request, 500, message, exc)
 
     return app

@@ -39,6 +39,9 @@ class InferenceCall:
 
     __slots__ = ("_repository", "_name", "_version", "_started", "_limits", "runner")
 
+    # `runner` is the runner that served (or would serve) the request: with failover, the
+    # supervisor may move a request to another runner, and its metrics go there.
+
     def __init__(self, repository: ModelRepository, name: str, version: str | None,
                  limits: LimitsConfig | None) -> None:
         self._repository = repository
@@ -60,16 +63,17 @@ class InferenceCall:
         With the connection's ASGI `receive`, a client that disconnects while its request
         waits has the request taken out of the queue: it is never computed (ClientClosed).
         """
-        # Re-read: a swap may have replaced the runner while the body was read and decoded.
-        runner = self.runner = self._repository.ready_runner(self._name, self._version)
+        # Re-read: a swap may have replaced the model's supervisor while the body was read and decoded.
+        supervisor = self._repository.ready_supervisor(self._name, self._version)
+        self.runner = supervisor.serving()
         if timeout_s is None:
-            timeout_s = default_timeout_s(runner.config)
+            timeout_s = default_timeout_s(supervisor.config)
         if receive is None:
-            return await runner.infer(inputs, timeout_s, self._limits)
+            return await supervisor.infer(inputs, timeout_s, self._limits, self._track)
         task = asyncio.current_task()
         watcher = asyncio.ensure_future(_cancel_on_disconnect(receive, task))
         try:
-            return await runner.infer(inputs, timeout_s, self._limits)
+            return await supervisor.infer(inputs, timeout_s, self._limits, self._track)
         except asyncio.CancelledError:
             if task is None or not watcher.done() or watcher.cancelled():
                 raise  # cancelled for another reason (shutdown): let it through
@@ -77,6 +81,9 @@ class InferenceCall:
             raise ClientClosed("the client disconnected before its answer was ready") from None
         finally:
             watcher.cancel()
+
+    def _track(self, runner: ModelRunner) -> None:
+        self.runner = runner
 
     def __enter__(self) -> InferenceCall:
         return self
@@ -129,7 +136,7 @@ class DataPlane:
         return self.repository.all_ready() and not self.shutting_down
 
     def model_metadata(self, name: str, version: str | None = None) -> dict:
-        return self.repository.ready_runner(name, version).metadata()
+        return self.repository.ready_supervisor(name, version).metadata()
 
     def model_ready(self, name: str, version: str | None = None) -> None:
         """Returns if the model serves; raises ModelNotFound / ModelNotReady otherwise."""

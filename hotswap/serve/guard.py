@@ -26,6 +26,7 @@ from hotswap.errors import (
     RequestTimeout,
     Unauthorized,
 )
+from hotswap.serve.openai_routes import is_openai_path, openai_error_body
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -101,8 +102,11 @@ def required_scope(path: str, metrics_scope: str) -> str:
     return "infer"
 
 
-async def send_error(send: Send, exc: HotswapError, headers: list[tuple[bytes, bytes]] | None = None) -> None:
-    body = orjson.dumps({"error": str(exc)})
+async def send_error(send: Send, exc: HotswapError, headers: list[tuple[bytes, bytes]] | None = None,
+                     path: str = "") -> None:
+    """The refusal as JSON, in the error shape of the protocol the path belongs to."""
+    content = openai_error_body(exc.status, str(exc), exc) if is_openai_path(path) else {"error": str(exc)}
+    body = orjson.dumps(content)
     await send({"type": "http.response.start", "status": exc.status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                             *(headers or [])]})
@@ -127,7 +131,7 @@ class Guard:
         problem = self._refusal(scope)
         if problem is not None:
             exc, headers = problem
-            await send_error(send, exc, headers)
+            await send_error(send, exc, headers, scope["path"])
             return
         await self.app(scope, self._bounded(scope, receive), send)
 

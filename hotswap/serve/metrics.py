@@ -15,6 +15,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 LABELS = ("model", "version", "backend", "device")
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+ERROR_BUCKETS = (1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
+COSINE_BUCKETS = (0.0, 0.5, 0.9, 0.99, 0.999, 0.9999, 0.99999, 1.0)
+SHADOW_LABELS = ("model", "version", "shadow")
 
 
 class Metrics:
@@ -56,9 +59,29 @@ class Metrics:
                                      ("model", "version", "position", "backend", "reason"), registry=r)
         self.device_memory = Gauge("hotswap_device_memory_bytes", "Accelerator memory allocated by the backend",
                                    LABELS, registry=r)
+        self._resilience_families(r)
         # Live runners per backend_selected / backend_skipped child: a reload onto the same labels
         # must not be zeroed when the runner it replaces retires.
         self._held: Tally[tuple[Gauge, tuple[str, ...]]] = Tally()
+
+    def _resilience_families(self, r: CollectorRegistry) -> None:
+        """Failover and shadow parity (serve/supervisor.py, serve/shadow.py)."""
+        self.failover = Counter("hotswap_failover", "Switches of the serving backend, by cause",
+                                ("model", "from", "to", "reason"), registry=r)
+        self.failover_retries = Counter("hotswap_failover_retries", "Requests of a failed batch retried on "
+                                        "another attempt", ("model",), registry=r)
+        self.failover_switch_seconds = Histogram("hotswap_failover_switch_seconds", "From the batch that made "
+                                                 "a backend faulty to traffic on the next one", ("model",),
+                                                 buckets=LATENCY_BUCKETS, registry=r)
+        self.shadow_batches = Counter("hotswap_shadow_batches", "Sampled batches re-run on the shadow backend, "
+                                      "by result (match, mismatch, error, dropped)", (*SHADOW_LABELS, "result"),
+                                      registry=r)
+        self.shadow_max_abs_error = Histogram("hotswap_shadow_max_abs_error", "Largest absolute difference per "
+                                              "shadowed batch", SHADOW_LABELS, buckets=ERROR_BUCKETS, registry=r)
+        self.shadow_cosine = Histogram("hotswap_shadow_cosine", "Cosine similarity per shadowed row",
+                                       SHADOW_LABELS, buckets=COSINE_BUCKETS, registry=r)
+        self.shadow_duration = Histogram("hotswap_shadow_duration_seconds", "Shadow backend time per batch",
+                                         SHADOW_LABELS, buckets=LATENCY_BUCKETS, registry=r)
 
     def hold(self, gauge: Gauge, labels: tuple[str, ...], change: int) -> int:
         """Count live runners holding one gauge child; returns how many hold it now."""

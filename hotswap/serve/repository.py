@@ -21,6 +21,7 @@ from hotswap.errors import ConfigError, InvalidInput, ModelNotFound, ModelNotRea
 from hotswap.models.sources import ARTIFACT_SUFFIXES, hotswap_home
 from hotswap.serve.metrics import Metrics
 from hotswap.serve.runner import ModelRunner
+from hotswap.serve.supervisor import ModelSupervisor
 
 log = logging.getLogger("hotswap.repository")
 
@@ -38,12 +39,17 @@ class ModelState(str, enum.Enum):
 
 @dataclass
 class ModelSlot:
-    """One configured model and what serves it now."""
+    """One configured model and what serves it now (its supervisor picks the runner)."""
 
     config: ModelConfig
-    runner: ModelRunner | None = None
+    supervisor: ModelSupervisor | None = None
     state: ModelState = ModelState.UNAVAILABLE
     reason: str = ""
+
+    @property
+    def runner(self) -> ModelRunner | None:
+        """The runner serving now."""
+        return None if self.supervisor is None else self.supervisor.active
 
 
 def model_roots(config: HotswapConfig, config_dir: Path | None) -> list[Path]:
@@ -58,7 +64,7 @@ def check_model_roots(config: HotswapConfig, config_dir: Path | None) -> None:
     for i, model in enumerate(config.models):
         if model.source.startswith("builtin:"):
             continue
-        path = Path(model.source).expanduser()
+        path = Path(model.source.removeprefix("hf:")).expanduser()
         if not path.is_absolute():
             path = (config_dir or Path.cwd()) / path
         # A folder's files are checked one by one: a symlink inside a root may point out of it.
@@ -89,15 +95,19 @@ class ModelRepository:
         except KeyError:
             raise ModelNotFound(f"unknown model '{name}'; models: {', '.join(self.slots) or 'none'}") from None
 
-    def ready_runner(self, name: str, version: str | None = None) -> ModelRunner:
-        """The runner serving `name` (and `version`), or 404 / 503."""
+    def ready_supervisor(self, name: str, version: str | None = None) -> ModelSupervisor:
+        """The supervisor of `name` (and `version`), or 404 / 503."""
         slot = self.slot(name)
         if version is not None and version != slot.config.version:
             raise ModelNotFound(f"model '{name}' has no version '{version}'; versions: {slot.config.version}")
-        if slot.runner is None:
+        if slot.supervisor is None or slot.supervisor.active is None:
             detail = f": {slot.reason}" if slot.reason else ""
             raise ModelNotReady(f"model '{name}' is not ready (state {slot.state.value}){detail}")
-        return slot.runner
+        return slot.supervisor
+
+    def ready_runner(self, name: str, version: str | None = None) -> ModelRunner:
+        """The runner serving `name` (and `version`) now, or 404 / 503."""
+        return self.ready_supervisor(name, version).serving()
 
     async def load_all(self) -> None:
         """Load every model; the first that cannot load stops start-up with its reasons."""
@@ -127,26 +137,28 @@ class ModelRepository:
         config = self._override(slot, override)
         async with self._locks[name]:
             previous_state = slot.state
-            if slot.runner is None:
+            if slot.supervisor is None:
                 slot.state = ModelState.LOADING
-            runner = ModelRunner(config, self._registry, self._metrics, self._config_dir, self._progress)
+            supervisor = ModelSupervisor(config, self._registry, self._metrics, self._config_dir, self._progress,
+                                         self._drain_timeout_s)
             try:
-                await runner.start()
+                await supervisor.start()
             except Exception as exc:
-                if slot.runner is None:
+                if slot.supervisor is None:
                     slot.state, slot.reason = ModelState.UNAVAILABLE, str(exc)
                 else:
                     slot.state = previous_state
                 raise
-            old, slot.runner, slot.config, slot.state, slot.reason = slot.runner, runner, config, ModelState.READY, ""
+            old, slot.supervisor = slot.supervisor, supervisor
+            slot.config, slot.state, slot.reason = config, ModelState.READY, ""
         if old is not None:
             await old.close(self._drain_timeout_s)
-        return runner
+        return supervisor.serving()
 
     async def unload(self, name: str) -> None:
         slot = self.slot(name)
         async with self._locks[name]:
-            old, slot.runner, slot.state, slot.reason = slot.runner, None, ModelState.UNAVAILABLE, "unloaded"
+            old, slot.supervisor, slot.state, slot.reason = slot.supervisor, None, ModelState.UNAVAILABLE, "unloaded"
         if old is not None:
             await old.close(self._drain_timeout_s)
 
@@ -158,7 +170,7 @@ class ModelRepository:
                 for name, slot in self.slots.items()]
 
     def runners(self) -> list[ModelRunner]:
-        """The runners serving now."""
+        """The runners serving now (one per model; standbys are not serving)."""
         return [slot.runner for slot in self.slots.values() if slot.runner is not None]
 
     def all_ready(self) -> bool:

@@ -7,16 +7,19 @@ per thread, and every call of that instance (load, warm-up, infer, close) happen
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 from hotswap.backends.registry import BackendRegistry
 from hotswap.backends.selection import Selection, load_instance, select_backend
 from hotswap.config import LimitsConfig, ModelConfig
-from hotswap.errors import InvalidInput, PayloadTooLarge
-from hotswap.models.pipeline import Pipeline
+from hotswap.errors import BackendError, InvalidInput, PayloadTooLarge
+from hotswap.models.pipeline import Pipeline, StageTimes
 from hotswap.models.signature import Signature, Tensors
 from hotswap.models.sources import ModelSource, resolve_source
 from hotswap.serve.batch import Batch
@@ -24,6 +27,34 @@ from hotswap.serve.batcher import DynamicBatcher, PendingRequest
 from hotswap.serve.metrics import Metrics, ModelSeries
 
 log = logging.getLogger("hotswap.runner")
+
+
+class BatchHung(BackendError):
+    """A batch ran past `failover.batch_timeout_ms`: its instance is abandoned (its thread may never return)."""
+
+    reason = "backend_hung"
+
+
+@dataclass(frozen=True)
+class BatchOutcome:
+    """What one backend call did, reported to the runner's `on_batch` hook after its requests were answered."""
+
+    inputs: Tensors
+    outputs: Tensors | None  # None when it failed
+    error: Exception | None
+    seconds: float
+
+    @property
+    def hung(self) -> bool:
+        return isinstance(self.error, BatchHung)
+
+    @property
+    def backend_failed(self) -> bool:
+        """A failure of the backend itself (bad input is the client's, not the device's)."""
+        return isinstance(self.error, BackendError)
+
+
+BatchHook = Callable[["ModelRunner", BatchOutcome], None]
 
 
 def count_rows(inputs: Tensors) -> int:
@@ -52,8 +83,16 @@ class ModelRunner:
     """Serves one configured model: start() loads it, infer() queues a request."""
 
     def __init__(self, config: ModelConfig, registry: BackendRegistry, metrics: Metrics,
-                 config_dir: Path | None = None, progress: bool = False) -> None:
+                 config_dir: Path | None = None, progress: bool = False, first_position: int = 0,
+                 stop_position: int | None = None, on_batch: BatchHook | None = None) -> None:
         self.config = config
+        # Failover loads a runner from a later chain entry on (or probes exactly one entry):
+        # only backends[first_position:stop_position] are walked.
+        self.first_position, self.stop_position = first_position, stop_position
+        self.on_batch = on_batch
+        timeout_ms = config.failover.batch_timeout_ms if config.failover else None
+        self._batch_timeout_s = None if timeout_ms is None else timeout_ms / 1000
+        self._stuck: set[int] = set()  # instances whose thread is still inside a hung batch
         self._registry = registry
         self._metrics = metrics
         self._config_dir = config_dir
@@ -69,8 +108,11 @@ class ModelRunner:
         self._waiting: set[PendingRequest] = set()  # submitted, not answered: what a drain deadline answers
 
     # -- lifecycle -------------------------------------------------------------------
-    async def start(self) -> None:
-        """Resolve the source, walk the chain, load every instance, start batching."""
+    async def start(self, publish: bool = True) -> None:
+        """Resolve the source, walk the chain, load every instance, start batching.
+
+        `publish=False` (a standby) leaves the selected/info gauges alone until `publish()`.
+        """
         started = time.perf_counter()
         cfg = self.config
         self.source = await asyncio.to_thread(resolve_source, cfg.source, self._config_dir, self._progress)
@@ -83,7 +125,9 @@ class ModelRunner:
             raise
         self.info = self._pipelines[0].backend.describe()
         self.load_seconds = time.perf_counter() - started
-        self._publish()
+        self._make_series()
+        if publish:
+            self.publish()
         self._batcher = DynamicBatcher(cfg.batching, self._run_batch, len(self._pipelines))
         self._batcher.start()
         log.info("model %s ready on %s #%d (%s) in %.2fs", cfg.name, self.selected.label, self.selected.position,
@@ -97,8 +141,9 @@ class ModelRunner:
         processor_config = cfg.processor or source.processor
 
         def first() -> tuple[Selection, Pipeline]:
-            selection, backend = select_backend(cfg, source, self._registry, cfg.instances)
-            return selection, Pipeline(backend, processor_config, source.base_dir, where)
+            tail = cfg.model_copy(update={"backends": cfg.backends[self.first_position:self.stop_position]})
+            selection, backend = select_backend(tail, source, self._registry, cfg.instances)
+            return self._shifted(selection), Pipeline(backend, processor_config, source.base_dir, where)
 
         def another(selection: Selection) -> Pipeline:
             return Pipeline(load_instance(selection, source, cfg), processor_config, source.base_dir, where)
@@ -113,13 +158,24 @@ class ModelRunner:
         if failed is not None:
             raise failed
 
-    def _publish(self) -> None:
+    def _shifted(self, selection: Selection) -> Selection:
+        """Positions in the whole chain, for a selection walked from `first_position`."""
+        if not self.first_position:
+            return selection
+        skipped = [dataclasses.replace(s, position=s.position + self.first_position) for s in selection.skipped]
+        return dataclasses.replace(selection, position=selection.position + self.first_position, skipped=skipped)
+
+    def _make_series(self) -> None:
         cfg, selection = self.config, self.selected
         labels = {"model": cfg.name, "version": cfg.version, "backend": selection.backend_cls.name,
                   "device": self.info.get("device", "unknown")}
         self._series = self._metrics.model_series(labels)
         self._series.load_seconds.set(self.load_seconds)
-        self._series.publish_backend(self.info, selection.position, selection.skipped,
+
+    def publish(self) -> None:
+        """Show this runner as the one serving: hotswap_backend_info, _selected, _skipped."""
+        cfg, selection = self.config, self.selected
+        self.series.publish_backend(self.info, selection.position, selection.skipped,
                                      self._pipelines[0].backend.memory_bytes)
         for skip in selection.skipped:
             log.warning("model %s: chain entry #%d %s skipped: %s", cfg.name, skip.position, skip.label, skip.reason)
@@ -131,8 +187,9 @@ class ModelRunner:
         if self._series is not None:
             self._series.retire()
         loop = asyncio.get_running_loop()
-        await asyncio.gather(*(loop.run_in_executor(ex, p.close) for ex, p in zip(self._executors, self._pipelines)),
-                             return_exceptions=True)
+        closing = [loop.run_in_executor(ex, p.close) for ex, p in zip(self._executors, self._pipelines)]
+        # A hung instance closes whenever its thread comes back; nobody waits for it.
+        await asyncio.gather(*(c for i, c in enumerate(closing) if i not in self._stuck), return_exceptions=True)
         for ex in self._executors:
             ex.shutdown(wait=False)
         self._pipelines, self._executors = [], []
@@ -184,18 +241,38 @@ class ModelRunner:
             if not request.future.done():
                 request.future.set_exception(error)
 
+    async def _compute(self, index: int, inputs: Tensors) -> tuple[Tensors, StageTimes]:
+        """Run one batch on instance `index`'s thread, within the batch timeout if there is one."""
+        if index in self._stuck:
+            raise BatchHung(f"instance {index} of '{self.selected.label}' is abandoned: an earlier batch hung")
+        future = asyncio.get_running_loop().run_in_executor(self._executors[index], self._pipelines[index].run,
+                                                            inputs)
+        if self._batch_timeout_s is None:
+            return await future
+        try:
+            return await asyncio.wait_for(future, self._batch_timeout_s)
+        except TimeoutError:
+            self._stuck.add(index)
+            raise BatchHung(f"backend '{self.selected.label}' did not finish a batch within "
+                            f"failover.batch_timeout_ms={self._batch_timeout_s * 1000:.0f}") from None
+
+    def _report(self, outcome: BatchOutcome) -> None:
+        if self.on_batch is not None:
+            self.on_batch(self, outcome)
+
     async def _run_batch(self, index: int, batch: Batch) -> None:
         t0 = time.perf_counter()
         inputs = batch.inputs()
         concat_s = time.perf_counter() - t0
-        loop = asyncio.get_running_loop()
         try:
-            results, times = await loop.run_in_executor(self._executors[index], self._pipelines[index].run, inputs)
+            results, times = await self._compute(index, inputs)
+            t1 = time.perf_counter()
+            batch.scatter(results)
         except Exception as exc:
             batch.fail(exc)
+            self._report(BatchOutcome(inputs, None, exc, time.perf_counter() - t0))
             return
-        t1 = time.perf_counter()
-        batch.scatter(results)
+        self._report(BatchOutcome(inputs, results, None, t1 - t0))
         series = self.series
         series.execution_count.inc()
         series.inference_count.inc(batch.rows)

@@ -140,3 +140,16 @@ def test_metrics_need_a_token_when_configured(metrics_need_infer, tokens):
         response = httpx.get(url, headers=bearer(tokens[scope]), timeout=10)
         assert response.status_code == 200 and "hotswap_inference_count_total" in response.text
     assert httpx.get(f"{metrics_need_infer.url}/v2/health/ready", timeout=10).status_code == 200
+
+
+def test_openai_routes_are_refused_in_openai_error_shape(secured, tokens):
+    """/v1 needs the infer scope too, and the refusal speaks OpenAI's error shape, as openai clients parse it."""
+    url = f"{secured.url}/v1/embeddings"
+    body = {"model": "tiny", "input": "hello"}
+    refused = httpx.post(url, json=body, timeout=10)
+    assert refused.status_code == 401 and refused.headers["www-authenticate"].startswith("Bearer")
+    error = refused.json()["error"]
+    assert error["code"] == "unauthorized" and "bearer token" in error["message"]
+    # With the token it reaches the adapter: tiny has no text-embedding processor, which it says.
+    answered = httpx.post(url, json=body, headers={"Authorization": f"Bearer {tokens['infer']}"}, timeout=10)
+    assert answered.status_code == 400 and "tiny" in answered.json()["error"]["message"]

@@ -91,7 +91,7 @@ def test_make_processor_binds_and_names_the_config_key(plugin_package, tmp_path)
     with pytest.raises(ConfigError, match=r"^models\.m\.processor\.name: processor 'exits' failed to import: "
                                           r"RuntimeError: import called sys\.exit\(3\)"):
         make_processor(ProcessorConfig(name="exits"), tmp_path, SIGNATURE, "models.m.processor", registry)
-    with pytest.raises(ConfigError, match=r"^models\.m\.processor: pooling: Input should be 'mean' or 'cls'"):
+    with pytest.raises(ConfigError, match=r"^models\.m\.processor: pooling: Input should be 'mean', 'cls' or 'last'"):
         make_processor(ProcessorConfig(name="text-embedding", pooling="max"), tmp_path, SIGNATURE,
                        "models.m.processor", registry)
 

@@ -1,0 +1,156 @@
+"""`make mutate`: a bounded, resumable mutation run (mutmut) over one group of hotswap's mutants, then its score.
+
+    python scripts/mutate.py [GROUP] [--minutes 20] [--fresh] [--report] [--min 90]
+
+GROUP is serve (the default), backends, or a narrower prefix such as serve.codec: the mutants named
+hotswap.GROUP*. Within the time given it
+
+1. runs, with `mutmut run`, the group's mutants that have no result yet: all of them on a first run or
+   with --fresh; later only those not reached before and those of functions changed since (mutmut drops
+   the results of a function whose source changed). Each runs its cheapest tests first and at most
+   $HOTSWAP_MUTATE_BUDGET_S seconds of them (tests/mutation_plugin.py);
+2. runs again, with every test that reaches it, each survivor whose run was capped;
+3. stops at the deadline with SIGINT (mutmut keeps every result it has), so the next run goes on from there;
+
+then prints the counts and the score, (killed + timed out) / (all - judged equivalent), where the mutants
+judged equivalent are the ones named in backticks in docs/TESTING.md's table. It exits 1 when a group
+with every mutant run scores below --min.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MUTANTS = ROOT / "mutants"
+CAPPED = MUTANTS / "mutation-capped"  # written by tests/mutation_plugin.py
+EQUIVALENT = re.compile(r"^\|\s*`(hotswap\.[^`]+__mutmut_\d+)`")
+#: mutmut's exit codes (mutmut.stats.status_by_exit_code) as the score counts them.
+CAUGHT = {1: "killed", 3: "killed", 36: "timeout", -24: "timeout", 24: "timeout", 152: "timeout",
+          -11: "crashed", -9: "crashed"}
+SURVIVED = {0: "survived", 5: "no tests", 33: "no tests"}
+#: Below this many seconds left, a further mutmut pass (clean run of the tests first) is not started.
+MIN_PASS_S = 180
+
+
+def load_results(prefix: str) -> dict[str, int | None]:
+    results: dict[str, int | None] = {}
+    for meta in sorted(MUTANTS.glob("hotswap/**/*.py.meta")):
+        for name, code in json.loads(meta.read_text())["exit_code_by_key"].items():
+            if name.startswith(prefix):
+                results[name] = code
+    return results
+
+
+def equivalent_mutants() -> set[str]:
+    doc = ROOT / "docs" / "TESTING.md"
+    if not doc.exists():
+        return set()
+    return {m.group(1) for line in doc.read_text().splitlines() if (m := EQUIVALENT.match(line))}
+
+
+def run_mutmut(names: list[str], budget_s: float, deadline: float, children: int) -> bool:
+    """One `mutmut run` of `names`; False when it was stopped at the deadline."""
+    env = dict(os.environ, HOTSWAP_MUTATE_BUDGET_S=str(budget_s))
+    env.setdefault("HOTSWAP_TEST_TINY_CACHE", str(ROOT / ".pytest_cache" / "mutate_tiny"))
+    env.setdefault("HOTSWAP_TEST_HOME", str(ROOT / ".pytest_cache" / "hotswap_home"))
+    mutmut = Path(sys.executable).with_name("mutmut")
+    shown = names if len(names) <= 3 else [*names[:3], f"... ({len(names)} mutants)"]
+    print(f"$ mutmut run --max-children {children} {' '.join(shown)}   [test budget {budget_s:g}s]", flush=True)
+    proc = subprocess.Popen([str(mutmut), "run", "--max-children", str(children), *names], cwd=ROOT, env=env,
+                            start_new_session=True)
+    try:
+        rc = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        print("\ntime is up: stopping mutmut (the results so far are kept)", flush=True)
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        return False
+    if rc != 0:
+        raise SystemExit(f"mutmut run failed (exit {rc}): do the tests pass? (`make test`)")
+    return True
+
+
+def report(group: str, minimum: float) -> int:
+    prefix = f"hotswap.{group}"
+    results = load_results(prefix)
+    if not results:
+        print(f"no mutants named {prefix}* under mutants/")
+        return 1
+    equivalent = equivalent_mutants()
+    tally: Counter[str] = Counter()
+    open_mutants: list[tuple[str, str]] = []
+    for name, code in sorted(results.items()):
+        if code in CAUGHT:
+            tally[CAUGHT[code]] += 1
+            continue
+        if name in equivalent and code in SURVIVED:
+            tally["equivalent"] += 1
+            continue
+        if code is None:
+            status = "not run"
+        elif code in SURVIVED:
+            status = "capped" if code == 0 and (CAPPED / name).exists() else SURVIVED[code]
+        else:
+            status = f"exit {code}"  # suspicious, or an error in mutmut's worker
+        tally[status] += 1
+        open_mutants.append((status, name))
+    caught = sum(tally[k] for k in set(CAUGHT.values()))
+    judged = len(results) - tally["equivalent"]
+    score = 100.0 * caught / judged if judged else 100.0
+    for status, name in open_mutants:
+        print(f"  {status:<9} {name}")
+    print(f"\nmutants {prefix}*: {len(results)}: " + ", ".join(f"{k} {v}" for k, v in sorted(tally.items())))
+    print(f"score: {caught}/{judged} = {score:.1f}% of the non-equivalent mutants (minimum {minimum:g}%)")
+    if tally["not run"] or tally["capped"]:
+        print(f"{tally['not run'] + tally['capped']} mutants still to run: `make mutate MUTATE={group}` goes on")
+        return 0
+    if open_mutants:
+        print("look at one with `.venv/bin/mutmut show NAME`; kill it with a test, or judge it in docs/TESTING.md")
+    return 0 if score >= minimum else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("group", nargs="?", default="serve", help="serve, backends, or a prefix such as serve.codec")
+    parser.add_argument("--minutes", type=float, default=20.0, help="stop after this long (default 20)")
+    parser.add_argument("--fresh", action="store_true", help="run every mutant of the group again")
+    parser.add_argument("--report", action="store_true", help="only print the counts and the score")
+    parser.add_argument("--min", type=float, default=90.0, help="lowest acceptable score in percent (default 90)")
+    parser.add_argument("--children", type=int, default=2, help="mutants run at once (default 2)")
+    args = parser.parse_args(argv)
+    if args.report:
+        return report(args.group, args.min)
+
+    prefix = f"hotswap.{args.group}"
+    budget_s = float(os.environ.get("HOTSWAP_MUTATE_BUDGET_S") or 5)
+    deadline = time.monotonic() + args.minutes * 60
+    results = load_results(prefix)
+    todo = [f"{prefix}*"] if args.fresh or not results else [n for n, c in results.items() if c is None]
+    finished = run_mutmut(todo, budget_s, deadline, args.children) if todo else True
+    # That run re-generated the mutants first: functions changed since the last run lost their results.
+    todo = [n for n, c in load_results(prefix).items() if c is None]
+    if finished and todo and deadline - time.monotonic() > MIN_PASS_S:
+        finished = run_mutmut(todo, budget_s, deadline, args.children)
+    capped = [n for n, c in load_results(prefix).items() if c == 0 and (CAPPED / n).exists()]
+    if finished and capped and deadline - time.monotonic() > MIN_PASS_S:
+        print(f"\n{len(capped)} survivors were run with part of their tests: again with all of them", flush=True)
+        run_mutmut(capped, 0, deadline, args.children)
+    return report(args.group, args.min)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

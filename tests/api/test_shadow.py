@@ -1,0 +1,111 @@
+"""Shadow parity against a real server: live batches re-run on a second backend after the
+primary answered; the fault-injecting plugin plays the drifting chip or the slow shadow."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+
+import httpx
+import numpy as np
+import pytest
+from api_support import LiveServer, infer_tiny, tiny_input
+from fault_support import fault_registry_for, serve_models, wait_for
+
+from hotswap.backends.registry import BackendRegistry
+from hotswap.testing import TinyModels
+
+
+@pytest.fixture(scope="session")
+def fault_registry(tmp_path_factory) -> BackendRegistry:
+    return fault_registry_for(tmp_path_factory)
+
+
+@pytest.fixture
+def start(fault_registry, tmp_path_factory, tiny: TinyModels) -> Iterator[Callable[..., LiveServer]]:
+    """start(primary entry, shadow section) -> a server for model `m` (tiny network)."""
+    with ExitStack() as stack:
+        def run(primary: dict, shadow: dict) -> LiveServer:
+            model = {"name": "m", "source": str(tiny.onnx), "backends": [primary], "shadow": shadow}
+            return serve_models(stack, fault_registry, tmp_path_factory, [model])
+
+        yield run
+
+
+def shadow_batches(server: LiveServer, shadow: str) -> dict[str, float]:
+    return {dict(labels)["result"]: v for (name, labels), v in server.metrics().items()
+            if name == "hotswap_shadow_batches_total" and dict(labels)["shadow"] == shadow}
+
+
+def sample(server: LiveServer, name: str, **labels: str) -> float:
+    return server.metrics().get((name, frozenset({"model": "m", "version": "1", **labels}.items())), 0.0)
+
+
+def summary(server: LiveServer) -> dict:
+    return httpx.get(f"{server.url}/v2/models/m", timeout=10).json()["shadow"]
+
+
+def test_a_perturbed_primary_is_caught_by_the_shadow_while_clients_are_served(start, tiny):
+    server = start({"name": "fault", "mode": "perturb", "perturb": 0.01},
+                   {"backend": {"name": "onnxruntime"}, "sample": 1.0, "atol": 1e-3})
+    client = server.client()
+    for i in range(8):
+        x = tiny_input(2, seed=i)
+        y = infer_tiny(client, "m", x).as_numpy("y")  # clients get the primary's (drifted) answer
+        np.testing.assert_allclose(y, tiny.reference({"x": x})["y"] + 0.01, atol=1e-5)
+    client.close()
+    counts = wait_for(lambda: (c := shadow_batches(server, "onnxruntime")).get("mismatch", 0) == 8 and c,
+                      what="8 mismatches")
+    assert counts == {"match": 0, "mismatch": 8, "error": 0, "dropped": 0}
+    meta = summary(server)
+    assert meta["backend"] == "onnxruntime" and meta["batches"]["mismatch"] == 8
+    assert meta["last_mismatch"]["max_abs_error"] == pytest.approx(0.01, abs=1e-4)
+    assert meta["worst_max_abs_error"] == pytest.approx(0.01, abs=1e-4)
+    assert sample(server, "hotswap_shadow_max_abs_error_count", shadow="onnxruntime") == 8
+    assert sample(server, "hotswap_shadow_max_abs_error_bucket", shadow="onnxruntime", le="0.001") == 0
+    assert sample(server, "hotswap_shadow_cosine_count", shadow="onnxruntime") == 16, "one per row"
+
+
+def test_an_agreeing_shadow_counts_matches_and_its_own_latency(start, tiny):
+    server = start({"name": "onnxruntime"}, {"backend": {"name": "fault"}, "sample": 1.0})
+    client = server.client()
+    for i in range(5):
+        infer_tiny(client, "m", tiny_input(3, seed=i))
+    client.close()
+    wait_for(lambda: shadow_batches(server, "fault").get("match") == 5, what="5 matches")
+    assert shadow_batches(server, "fault")["mismatch"] == 0
+    assert sample(server, "hotswap_shadow_duration_seconds_count", shadow="fault") == 5
+    assert sample(server, "hotswap_shadow_cosine_bucket", shadow="fault", le="0.99999") == 0, "all rows ~1.0"
+    assert summary(server)["worst_cosine"] > 0.99999
+
+
+def test_a_slow_shadow_never_delays_clients_and_its_overflow_is_dropped(start, tiny):
+    delay_ms = 300
+    server = start({"name": "onnxruntime"}, {"backend": {"name": "fault", "mode": "slow", "delay_ms": delay_ms},
+                                            "sample": 1.0, "max_queue": 1})
+    client = server.client()
+    requests = 12
+    started = time.perf_counter()
+    for i in range(requests):
+        infer_tiny(client, "m", tiny_input(1, seed=i))
+    took = time.perf_counter() - started
+    client.close()
+    assert took < requests * delay_ms / 1000 / 3, f"{requests} requests took {took:.2f}s: the shadow delayed them"
+    counts = wait_for(lambda: sum((c := shadow_batches(server, "fault")).values()) == requests and c,
+                      what="every offered batch accounted for")
+    assert counts["dropped"] >= requests - 4, counts
+    assert counts["match"] == requests - counts["dropped"]
+    assert summary(server)["batches"]["dropped"] == counts["dropped"]
+
+
+def test_a_failing_shadow_is_counted_and_never_fails_a_client(start, tiny):
+    server = start({"name": "onnxruntime"}, {"backend": {"name": "fault", "mode": "raise"}, "sample": 1.0})
+    client = server.client()
+    for i in range(4):
+        x = tiny_input(1, seed=i)
+        np.testing.assert_allclose(infer_tiny(client, "m", x).as_numpy("y"), tiny.reference({"x": x})["y"],
+                                   atol=1e-5)
+    client.close()
+    wait_for(lambda: shadow_batches(server, "fault").get("error") == 4, what="4 shadow errors")
+    assert "injected device fault" in summary(server)["last_error"]

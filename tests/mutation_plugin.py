@@ -1,0 +1,104 @@
+"""pytest plugin for `make mutate` only: mutmut loads it with `-p tests.mutation_plugin` (pyproject [tool.mutmut]).
+
+For each mutant mutmut runs, in a forked worker, the tests that reached the mutated function during its
+stats run, with `-x`. This plugin makes that affordable and correct:
+
+- node ids whose parametrize id pytest escaped (a backslash) do not match when passed back on the command
+  line; they are widened to the whole test function so the mutant's run does not die of a usage error;
+- test modules run cheapest first (by the per-test durations mutmut recorded in mutants/mutmut-stats.json;
+  a module that starts a uvicorn server costs more), keeping each module's own order so module fixtures
+  start once, so a mutant that is caught is usually caught by a unit test in well under a second;
+- $HOTSWAP_MUTATE_BUDGET_S (seconds, unset = no cap) keeps, in that order, only the tests whose recorded
+  time fits that budget for each mutant. A capped mutant that survives may be caught by a test left out: it
+  is marked in mutants/mutation-capped/ and scripts/mutate.py runs it again with every test.
+
+Outside a mutant's run (stats, clean and forced-fail runs) only the node id repair applies.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+#: Mutants whose run left tests out (mutants/mutation-capped/NAME); scripts/mutate.py re-runs those that
+#: survived with every test.
+CAPPED = Path("mutation-capped")
+#: Added to a module's recorded test time when it serves over real uvicorn (server start, model loads).
+SERVER_MODULE_COST_S = 1.5
+
+
+def _mutant_under_test() -> bool:
+    return "__mutmut_" in os.environ.get("MUTANT_UNDER_TEST", "")
+
+
+def pytest_load_initial_conftests(early_config, parser, args: list[str]) -> None:
+    seen: set[str] = set()
+    repaired: list[str] = []
+    for arg in args:
+        if "::" in arg:
+            if "\\" in arg:
+                arg = arg.split("[", 1)[0]
+            if arg in seen:
+                continue
+            seen.add(arg)
+        repaired.append(arg)
+    args[:] = repaired
+
+
+def _recorded_durations() -> dict[str, float]:
+    path = Path("mutmut-stats.json")  # mutmut runs the tests from inside mutants/
+    try:
+        return json.loads(path.read_text())["duration_by_test"]
+    except (OSError, ValueError, KeyError):
+        return {}
+
+
+def _recorded(durations: dict[str, float], nodeid: str) -> float:
+    """The test's recorded call time; a test missing there (a widened id) is guessed at a typical one."""
+    return durations.get(nodeid, 0.5 if nodeid.startswith("tests/api/") else 0.05)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not _mutant_under_test() or not items:
+        return
+    durations = _recorded_durations()
+    cost: dict[str, float] = {}
+    for item in items:
+        module = item.nodeid.split("::", 1)[0]
+        if module not in cost:
+            cost[module] = SERVER_MODULE_COST_S if module.startswith("tests/api/") else 0.0
+        cost[module] += _recorded(durations, item.nodeid)
+    order = {module: rank for rank, module in enumerate(sorted(cost, key=lambda m: (cost[m], m)))}
+    items.sort(key=lambda item: order[item.nodeid.split("::", 1)[0]])  # stable: each module keeps its order
+
+    budget = float(os.environ.get("HOTSWAP_MUTATE_BUDGET_S") or 0)
+    if budget <= 0:
+        return
+    kept: list[pytest.Item] = []
+    started: set[str] = set()
+    spent = 0.0
+    for item in items:
+        module = item.nodeid.split("::", 1)[0]
+        step = _recorded(durations, item.nodeid)
+        if module not in started and module.startswith("tests/api/"):
+            step += SERVER_MODULE_COST_S
+        if kept and spent + step > budget:
+            break
+        kept.append(item)
+        started.add(module)
+        spent += step
+    if len(kept) < len(items):
+        config.hook.pytest_deselected(items=items[len(kept):])
+        items[:] = kept
+        CAPPED.mkdir(exist_ok=True)
+        (CAPPED / os.environ["MUTANT_UNDER_TEST"]).touch()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """A mutant run with every one of its tests is no longer capped."""
+    if _mutant_under_test() and not float(os.environ.get("HOTSWAP_MUTATE_BUDGET_S") or 0) > 0:
+        (CAPPED / os.environ["MUTANT_UNDER_TEST"]).unlink(missing_ok=True)
