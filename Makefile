@@ -36,12 +36,13 @@ bench: setup
 
 # Mutation testing with mutmut (pinned in constraints.txt, installed by setup), docs/TESTING.md.
 # MUTATE=serve (default), backends, or a prefix such as serve.codec; not part of .ci/run.
-# Each run stops after MUTATE_MINUTES and the next one goes on where it stopped.
+# Each run stops after MUTATE_MINUTES and the next one goes on where it stopped;
+# MUTATE_FLAGS=--retry-survivors runs the survivors again once tests were added for them.
 MUTATE ?= serve
 MUTATE_MINUTES ?= 20
 mutate: setup
 	$(PIP) install -c constraints.txt mutmut
-	$(PY) scripts/mutate.py $(MUTATE) --minutes $(MUTATE_MINUTES)
+	$(PY) scripts/mutate.py $(MUTATE) --minutes $(MUTATE_MINUTES) $(MUTATE_FLAGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info mutants

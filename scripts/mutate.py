@@ -1,15 +1,17 @@
 """`make mutate`: a bounded, resumable mutation run (mutmut) over one group of hotswap's mutants, then its score.
 
-    python scripts/mutate.py [GROUP] [--minutes 20] [--fresh] [--report] [--min 90]
+    python scripts/mutate.py [GROUP] [--minutes 20] [--fresh | --retry-survivors] [--report] [--min 90]
 
 GROUP is serve (the default), backends, or a narrower prefix such as serve.codec: the mutants named
-hotswap.GROUP*. Within the time given it
+hotswap.GROUP*; several, comma-separated (serve.codec,serve.batch), make one group. Within the time given it
 
 1. runs, with `mutmut run`, the group's mutants that have no result yet: all of them on a first run or
    with --fresh; later only those not reached before and those of functions changed since (mutmut drops
    the results of a function whose source changed). Each runs its cheapest tests first and at most
    $HOTSWAP_MUTATE_BUDGET_S seconds of them (tests/mutation_plugin.py);
-2. runs again, with every test that reaches it, each survivor whose run was capped;
+2. runs again, with every test that reaches it, each survivor whose run was capped (with
+   --retry-survivors: every survivor not judged equivalent, and every mutant no test reached, after
+   tests were added for them);
 3. stops at the deadline with SIGINT (mutmut keeps every result it has), so the next run goes on from there;
 
 then prints the counts and the score, (killed + timed out) / (all - judged equivalent), where the mutants
@@ -36,17 +38,21 @@ CAPPED = MUTANTS / "mutation-capped"  # written by tests/mutation_plugin.py
 EQUIVALENT = re.compile(r"^\|\s*`(hotswap\.[^`]+__mutmut_\d+)`")
 #: mutmut's exit codes (mutmut.stats.status_by_exit_code) as the score counts them.
 CAUGHT = {1: "killed", 3: "killed", 36: "timeout", -24: "timeout", 24: "timeout", 152: "timeout",
-          -11: "crashed", -9: "crashed"}
+          -11: "crashed", -9: "crashed", -6: "crashed"}
 SURVIVED = {0: "survived", 5: "no tests", 33: "no tests"}
 #: Below this many seconds left, a further mutmut pass (clean run of the tests first) is not started.
 MIN_PASS_S = 180
 
 
-def load_results(prefix: str) -> dict[str, int | None]:
+def prefixes(group: str) -> tuple[str, ...]:
+    return tuple(f"hotswap.{part.strip()}" for part in group.split(",") if part.strip())
+
+
+def load_results(group: str) -> dict[str, int | None]:
     results: dict[str, int | None] = {}
     for meta in sorted(MUTANTS.glob("hotswap/**/*.py.meta")):
         for name, code in json.loads(meta.read_text())["exit_code_by_key"].items():
-            if name.startswith(prefix):
+            if name.startswith(prefixes(group)):
                 results[name] = code
     return results
 
@@ -85,10 +91,10 @@ def run_mutmut(names: list[str], budget_s: float, deadline: float, children: int
 
 
 def report(group: str, minimum: float) -> int:
-    prefix = f"hotswap.{group}"
-    results = load_results(prefix)
+    results = load_results(group)
+    names = ", ".join(f"{p}*" for p in prefixes(group))
     if not results:
-        print(f"no mutants named {prefix}* under mutants/")
+        print(f"no mutants named {names} under mutants/")
         return 1
     equivalent = equivalent_mutants()
     tally: Counter[str] = Counter()
@@ -112,8 +118,9 @@ def report(group: str, minimum: float) -> int:
     judged = len(results) - tally["equivalent"]
     score = 100.0 * caught / judged if judged else 100.0
     for status, name in open_mutants:
-        print(f"  {status:<9} {name}")
-    print(f"\nmutants {prefix}*: {len(results)}: " + ", ".join(f"{k} {v}" for k, v in sorted(tally.items())))
+        if status != "not run":
+            print(f"  {status:<9} {name}")
+    print(f"\nmutants {names}: {len(results)}: " + ", ".join(f"{k} {v}" for k, v in sorted(tally.items())))
     print(f"score: {caught}/{judged} = {score:.1f}% of the non-equivalent mutants (minimum {minimum:g}%)")
     if tally["not run"] or tally["capped"]:
         print(f"{tally['not run'] + tally['capped']} mutants still to run: `make mutate MUTATE={group}` goes on")
@@ -128,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("group", nargs="?", default="serve", help="serve, backends, or a prefix such as serve.codec")
     parser.add_argument("--minutes", type=float, default=20.0, help="stop after this long (default 20)")
     parser.add_argument("--fresh", action="store_true", help="run every mutant of the group again")
+    parser.add_argument("--retry-survivors", action="store_true",
+                        help="run every survivor not judged equivalent again, with all its tests")
     parser.add_argument("--report", action="store_true", help="only print the counts and the score")
     parser.add_argument("--min", type=float, default=90.0, help="lowest acceptable score in percent (default 90)")
     parser.add_argument("--children", type=int, default=2, help="mutants run at once (default 2)")
@@ -135,19 +144,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.report:
         return report(args.group, args.min)
 
-    prefix = f"hotswap.{args.group}"
     budget_s = float(os.environ.get("HOTSWAP_MUTATE_BUDGET_S") or 5)
     deadline = time.monotonic() + args.minutes * 60
-    results = load_results(prefix)
-    todo = [f"{prefix}*"] if args.fresh or not results else [n for n, c in results.items() if c is None]
+    results = load_results(args.group)
+    if args.fresh or not results:
+        todo = [f"{prefix}*" for prefix in prefixes(args.group)]
+    else:
+        todo = [n for n, c in results.items() if c is None]
     finished = run_mutmut(todo, budget_s, deadline, args.children) if todo else True
     # That run re-generated the mutants first: functions changed since the last run lost their results.
-    todo = [n for n, c in load_results(prefix).items() if c is None]
+    todo = [n for n, c in load_results(args.group).items() if c is None]
     if finished and todo and deadline - time.monotonic() > MIN_PASS_S:
         finished = run_mutmut(todo, budget_s, deadline, args.children)
-    capped = [n for n, c in load_results(prefix).items() if c == 0 and (CAPPED / n).exists()]
+    equivalent = equivalent_mutants()
+    capped = [n for n, c in load_results(args.group).items() if n not in equivalent
+              and ((c == 0 and (CAPPED / n).exists()) or (args.retry_survivors and c in SURVIVED))]
     if finished and capped and deadline - time.monotonic() > MIN_PASS_S:
-        print(f"\n{len(capped)} survivors were run with part of their tests: again with all of them", flush=True)
+        print(f"\n{len(capped)} survivors: again with all of their tests", flush=True)
         run_mutmut(capped, 0, deadline, args.children)
     return report(args.group, args.min)
 
