@@ -10,9 +10,15 @@ import numpy as np
 import orjson
 import pytest
 
-from hotswap.errors import InvalidInput
-from hotswap.serve.codec import decode_infer_request, deserialize_bytes_tensor, serialize_bytes_tensor
-from hotswap.serve.codec_header import json_type, wrong
+from hotswap.errors import BackendError, InvalidInput
+from hotswap.models.datatypes import DATATYPES
+from hotswap.serve.codec import (
+    decode_infer_request,
+    deserialize_bytes_tensor,
+    encode_infer_response,
+    serialize_bytes_tensor,
+)
+from hotswap.serve.codec_header import MAX_RANK, json_type, wrong
 
 
 def _decode(req: dict, binary: bytes = b"") -> InvalidInput:
@@ -76,3 +82,99 @@ def _binary_request(datatype: str, shape: list[int], data: bytes) -> tuple[bytes
     header = orjson.dumps({"inputs": [{"name": "x", "shape": shape, "datatype": datatype,
                                        "parameters": {"binary_data_size": len(data)}}]})
     return header + data, len(header)
+
+
+def _inp(**fields) -> dict:
+    return {"name": "x", "shape": [2], "datatype": "FP32", **fields}
+
+
+@pytest.mark.parametrize(("req", "binary", "message"), [
+    ({"inputs": [_inp(parameters={"binary_data_size": 8})]}, None,
+     "binary input sizes add up to 8 bytes but 0 bytes follow the JSON header (too few); "
+     "is the Inference-Header-Content-Length header missing?"),
+    ({"inputs": [_inp(parameters={"binary_data_size": 8})]}, b"\0" * 6,
+     "binary input sizes add up to 8 bytes but 6 bytes follow the JSON header (too few)"),
+    ({"inputs": [_inp(parameters={"binary_data_size": 8})]}, b"\0" * 9,
+     "binary input sizes add up to 8 bytes but 9 bytes follow the JSON header (too many)"),
+    ({"inputs": [_inp(data=[1, 2, 3])]}, None, "input 'x': 'data' has 3 elements but shape [2] needs 2"),
+    ({"inputs": [_inp(datatype="BYTES", data=["a"])]}, None,
+     "input 'x': 'data' has 1 elements but shape [2] needs 2"),
+    ({"inputs": [_inp(datatype="INT8", data=[1.5, 2])]}, None,
+     "input 'x': 'data' for datatype INT8 must be JSON integers in [-128, 127], got non-integer or out-of-range "
+     "numbers"),
+    ({"inputs": [_inp(datatype="UINT64", data=[-1, 1.0])]}, None,
+     "input 'x': a value is out of range for UINT64 [0, 18446744073709551615]"),
+    ({"inputs": [_inp(datatype="INT8", data=[-128, 300])]}, None,
+     "input 'x': value 300 is out of range for INT8 [-128, 127]"),
+    ({"parameters": [], "inputs": []}, None, "'parameters' must be an object, got array"),
+    ({}, None, "'inputs' is missing; expected an array of input tensors"),
+    ({"inputs": [_inp(datatype=1, data=[1, 2])]}, None,
+     f"input 'x': 'inputs[0].datatype' must be a string, one of {', '.join(DATATYPES)}, got integer 1"),
+    ({"inputs": [], "outputs": [{"name": "y", "parameters": {"binary_data": 1}}]}, None,
+     "requested output 'y': 'outputs[0].parameters.binary_data' must be true or false, got integer 1"),
+])
+def test_whole_messages(req, binary, message):
+    header = orjson.dumps(req)
+    with pytest.raises(InvalidInput) as info:
+        decode_infer_request(header + (binary or b""), len(header) if binary else None)
+    assert str(info.value) == message
+
+
+def test_requested_output_parameters_are_kept():
+    header = orjson.dumps({"inputs": [], "outputs": [{"name": "y", "parameters": {"binary_data": True, "k": "v"}}]})
+    (out,) = decode_infer_request(header, None).outputs
+    assert (out.name, out.binary, out.parameters) == ("y", True, {"binary_data": True, "k": "v"})
+
+
+def test_each_binary_input_reads_only_its_own_bytes():
+    a, b = np.arange(2, dtype=np.float32), np.arange(10, 13, dtype=np.float32)
+    header = orjson.dumps({"inputs": [_inp(name="a", parameters={"binary_data_size": 8}),
+                                      _inp(name="b", shape=[3], parameters={"binary_data_size": 12})]})
+    req = decode_infer_request(header + a.tobytes() + b.tobytes(), len(header))
+    assert req.inputs["a"].tolist() == [0.0, 1.0] and req.inputs["b"].tolist() == [10.0, 11.0, 12.0]
+
+
+def test_a_big_endian_output_goes_out_little_endian():
+    request = decode_infer_request(orjson.dumps({"inputs": [], "parameters": {"binary_data_output": True}}), None)
+    value = np.array([1.5, -2.0], dtype=">f4")
+    body, headers = encode_infer_response("m", None, {"y": value}, request)
+    blob = body[int(headers["Inference-Header-Content-Length"]):]
+    assert blob == np.array([1.5, -2.0], dtype="<f4").tobytes()
+
+
+def test_an_output_v2_has_no_datatype_for_is_a_backend_error_naming_it():
+    request = decode_infer_request(orjson.dumps({"inputs": []}), None)
+    with pytest.raises(BackendError) as info:
+        encode_infer_response("m", None, {"c": np.zeros(2, np.complex64)}, request)
+    assert str(info.value).startswith("output 'c': ") and "complex64" in str(info.value)
+
+
+def test_an_unknown_requested_output_lists_the_models_outputs():
+    request = decode_infer_request(orjson.dumps({"inputs": [], "outputs": [{"name": "w"}]}), None)
+    with pytest.raises(InvalidInput) as info:
+        encode_infer_response("m", None, {"y": np.zeros(1, np.float32), "z": np.zeros(1, np.float32)}, request)
+    assert str(info.value) == "requested output 'w' is not an output of model 'm'; expected one of: y, z"
+
+
+def test_a_shape_of_the_highest_rank_is_accepted():
+    header = orjson.dumps({"inputs": [_inp(shape=[1] * MAX_RANK, data=[1.0])]})
+    assert decode_infer_request(header, None).inputs["x"].shape == (1,) * MAX_RANK
+
+
+def _orjson_error(text: bytes) -> str:
+    with pytest.raises(orjson.JSONDecodeError) as info:
+        orjson.loads(text)
+    return str(info.value)
+
+
+@pytest.mark.parametrize(("body", "header_length", "hint"), [
+    (b"{not json", None, ""),
+    (b'{"inputs": []}\x00\x01', None, "; binary data after the JSON needs the Inference-Header-Content-Length header"),
+    (b'{"inputs": []}\x00\x01', 5, ""),  # a wrong header length: no hint about a missing one
+    (b'{"inputs": []}', 0, ""),  # 0 is a length, of an empty (invalid) JSON header
+])
+def test_invalid_json_says_what_the_parser_said(body, header_length, hint):
+    with pytest.raises(InvalidInput) as info:
+        decode_infer_request(body, header_length)
+    parsed = body if header_length is None else body[:header_length]
+    assert str(info.value) == f"request JSON is invalid: {_orjson_error(parsed)}{hint}"
