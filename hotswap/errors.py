@@ -78,6 +78,15 @@ class ShuttingDown(ModelNotReady):
     reason = "shutting_down"
 
 
+class Rerouted(ModelNotReady):
+    """A request left on a runner that was replaced by failover: it goes to the new runner.
+
+    Caught by the supervisor; a 503 with Retry-After if it ever escaped.
+    """
+
+    reason = "rerouted"
+
+
 class QueueFull(HotswapError):
     """The model's request queue is at `max_queue_size`; the client should retry."""
 

@@ -28,6 +28,7 @@ from hotswap.errors import HotswapError, InvalidInput, ModelNotFound
 from hotswap.models.text_embedding import TokenCounter, text_embedding_options
 from hotswap.serve.dataplane import DataPlane
 from hotswap.serve.openai_schemas import EmbeddingRequest, EmbeddingResponse, ModelCard, ModelList, OpenAIErrorResponse
+from hotswap.serve.routes import json_object
 from hotswap.serve.runner import ModelRunner
 
 PREFIX = "/v1/"
@@ -94,12 +95,7 @@ def _text_model(runner: ModelRunner) -> TextModel | None:
 
 def decode_embedding_request(body: bytes) -> EmbeddingQuery:
     """The body as an EmbeddingQuery; a 400 naming the field for anything else."""
-    try:
-        payload = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidRequest(f"request body: invalid JSON: {exc}") from None
-    if not isinstance(payload, dict):
-        raise InvalidRequest(f"request body: expected a JSON object, got {type(payload).__name__}")
+    payload = json_object(body, "request body", InvalidRequest)
     unknown = sorted(set(payload) - _FIELDS)
     if unknown:
         raise InvalidRequest(f"unrecognized request argument: {', '.join(unknown)}; expected "

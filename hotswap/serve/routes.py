@@ -95,16 +95,22 @@ async def repository_index(request: Request) -> Response:
     return json_response(_plane(request).index())
 
 
+def json_object(body: bytes, where: str, error: type[InvalidInput] = InvalidInput) -> dict:
+    """A request body that must be one JSON object; `error` (a 400) names `where` otherwise."""
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise error(f"{where}: invalid JSON: {exc}") from None
+    if not isinstance(payload, dict):
+        raise error(f"{where}: expected a JSON object, got {type(payload).__name__}")
+    return payload
+
+
 def parse_load_override(body: bytes) -> dict | None:
     """The `parameters.config` of a repository load body (an object or a JSON string), if any."""
     if not body.strip():
         return None
-    try:
-        payload = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidInput(f"load request body: invalid JSON: {exc}") from None
-    if not isinstance(payload, dict):
-        raise InvalidInput(f"load request body: expected a JSON object, got {type(payload).__name__}")
+    payload = json_object(body, "load request body")
     parameters = payload.get("parameters") or {}
     if not isinstance(parameters, dict):
         raise InvalidInput(f"parameters: expected a JSON object, got {type(parameters).__name__}")

@@ -18,13 +18,14 @@ from pathlib import Path
 from hotswap.backends.registry import BackendRegistry
 from hotswap.backends.selection import Selection, load_instance, select_backend
 from hotswap.config import LimitsConfig, ModelConfig
-from hotswap.errors import BackendError, InvalidInput, PayloadTooLarge
+from hotswap.errors import BackendError
 from hotswap.models.pipeline import Pipeline, StageTimes
 from hotswap.models.signature import Signature, Tensors
 from hotswap.models.sources import ModelSource, resolve_source
 from hotswap.serve.batch import Batch
 from hotswap.serve.batcher import DynamicBatcher, PendingRequest
 from hotswap.serve.metrics import Metrics, ModelSeries
+from hotswap.serve.request_checks import check_limits, count_rows
 
 log = logging.getLogger("hotswap.runner")
 
@@ -56,27 +57,6 @@ class BatchOutcome:
 
 BatchHook = Callable[["ModelRunner", BatchOutcome], None]
 
-
-def count_rows(inputs: Tensors) -> int:
-    """Rows (dim 0) of a request; every input must have at least one."""
-    first = next(iter(inputs.values()), None)
-    if first is None or first.ndim == 0:
-        raise InvalidInput("inputs need a batch dimension (dim 0)")
-    if first.shape[0] == 0:
-        raise InvalidInput(f"input '{next(iter(inputs))}': shape {list(first.shape)} has 0 rows; expected at least 1")
-    return int(first.shape[0])
-
-
-def check_limits(inputs: Tensors, rows: int, limits: LimitsConfig) -> None:
-    """413 for a request over `server.limits`: rows, or one BYTES element's size."""
-    if rows > limits.max_rows:
-        raise PayloadTooLarge(f"request has {rows} rows; server.limits.max_rows is {limits.max_rows}")
-    for name, array in inputs.items():
-        if array.dtype == object:
-            longest = max((len(value) for value in array.flat), default=0)
-            if longest > limits.max_bytes_element:
-                raise PayloadTooLarge(f"input '{name}': an element of {longest} bytes exceeds "
-                                      f"server.limits.max_bytes_element={limits.max_bytes_element}")
 
 
 class ModelRunner:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from hotswap.backends.registry import BackendRegistry
 from hotswap.config import LimitsConfig, ModelConfig
-from hotswap.errors import BackendError, ModelNotReady
+from hotswap.errors import BackendError, ModelNotReady, Rerouted
 from hotswap.models.signature import Tensors
 from hotswap.serve.metrics import Metrics
 from hotswap.serve.recovery import SwitchLog, probe_parity
@@ -38,15 +38,6 @@ log = logging.getLogger("hotswap.supervisor")
 
 RECENT_BATCHES = 4
 """Recent batch inputs kept for the parity probe of the preferred entry."""
-
-
-class Rerouted(ModelNotReady):
-    """A request left on a runner that was replaced by failover: it goes to the new runner.
-
-    Caught by the supervisor; a 503 with Retry-After if it ever escaped.
-    """
-
-    reason = "rerouted"
 
 
 class ModelSupervisor:

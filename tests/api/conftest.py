@@ -101,3 +101,11 @@ def client(server: LiveServer) -> Iterator[httpclient.InferenceServerClient]:
     c = server.client()
     yield c
     c.close()
+
+
+@pytest.fixture(scope="session")
+def fault_registry(tmp_path_factory) -> BackendRegistry:
+    """The built-in backends plus the fault-injecting test plugin (tests/plugins/fault_backend)."""
+    from fault_support import fault_registry_for
+
+    return fault_registry_for(tmp_path_factory)

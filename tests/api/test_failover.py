@@ -12,16 +12,10 @@ import httpx
 import numpy as np
 import pytest
 from api_support import LiveServer, infer_tiny, tiny_input
-from fault_support import fault_registry_for, serve_models, wait_for
+from fault_support import serve_models, wait_for
 from tritonclient.utils import InferenceServerException
 
-from hotswap.backends.registry import BackendRegistry
 from hotswap.testing import TinyModels
-
-
-@pytest.fixture(scope="session")
-def fault_registry(tmp_path_factory) -> BackendRegistry:
-    return fault_registry_for(tmp_path_factory)
 
 
 @pytest.fixture
