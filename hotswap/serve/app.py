@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
+from starlette.types import Receive, Scope, Send
 
 from hotswap import __version__
 from hotswap.backends.registry import BackendRegistry, discover_backends
@@ -17,6 +19,7 @@ from hotswap.config import HotswapConfig
 from hotswap.errors import HotswapError
 from hotswap.serve.dataplane import DataPlane
 from hotswap.serve.guard import Guard, check_exposure
+from hotswap.serve.infer_endpoint import InferEndpoint
 from hotswap.serve.metrics import Metrics
 from hotswap.serve.openai_routes import install as install_openai
 from hotswap.serve.openai_routes import is_openai_path, openai_error_body
@@ -33,6 +36,18 @@ def error_response(request: Request, status: int, message: str, exc: Exception,
     if is_openai_path(request.url.path):
         return json_response(openai_error_body(status, message, exc), status, headers)
     return json_response({"error": message}, status, headers)
+
+
+class HotswapAPI(FastAPI):
+    """FastAPI behind hotswap's own ASGI front: the guard (host, tokens, body bounds) sees every
+    request first, then the infer route is answered as plain ASGI and only the other routes pass
+    through FastAPI's middleware, telemetry check and router, which cost more per request than
+    hotswap's whole handling of a small inference."""
+
+    front: Callable[[Scope, Receive, Send], Awaitable[None]]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.front(scope, receive, send)
 
 
 def create_app(config: HotswapConfig, registry: BackendRegistry | None = None,
@@ -55,12 +70,12 @@ def create_app(config: HotswapConfig, registry: BackendRegistry | None = None,
         finally:
             await plane.close()
 
-    app = FastAPI(title="hotswap", version=__version__, lifespan=lifespan, redoc_url=None)
+    app = HotswapAPI(title="hotswap", version=__version__, lifespan=lifespan, redoc_url=None)
     app.openapi = lambda: v2_openapi(app)  # type: ignore[method-assign]
     app.state.dataplane = plane
     app.include_router(build_router())
     install_openai(app)
-    app.add_middleware(Guard, config=config.server)
+    app.front = Guard(InferEndpoint(partial(FastAPI.__call__, app), plane), config.server)
 
     @app.exception_handler(HotswapError)
     async def hotswap_error(request: Request, exc: HotswapError) -> Response:

@@ -11,18 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
 from types import TracebackType
-from typing import Any
 
 from hotswap.config import LimitsConfig, ModelConfig
-from hotswap.errors import ClientClosed, Forbidden, HotswapError, ShuttingDown
+from hotswap.errors import Forbidden, HotswapError, ShuttingDown
 from hotswap.models.signature import Tensors
+from hotswap.serve.disconnect import Receive, Scope, cancel_on_disconnect
 from hotswap.serve.metrics import Metrics
 from hotswap.serve.repository import ModelRepository
 from hotswap.serve.runner import ModelRunner
-
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 
 
 class InferenceCall:
@@ -57,30 +54,19 @@ class InferenceCall:
         return self.runner.config.version
 
     async def infer(self, inputs: Tensors, timeout_s: float | None = None,
-                    receive: Receive | None = None) -> Tensors:
+                    scope: Scope | None = None, receive: Receive | None = None) -> Tensors:
         """Queue `inputs` on the model's current runner; `timeout_s` None takes the config default.
 
-        With the connection's ASGI `receive`, a client that disconnects while its request
-        waits has the request taken out of the queue: it is never computed (ClientClosed).
+        With the connection's ASGI `scope` and `receive`, a client that disconnects while its
+        request waits has the request taken out of the queue: it is never computed (ClientClosed).
         """
         # Re-read: a swap may have replaced the model's supervisor while the body was read and decoded.
         supervisor = self._repository.ready_supervisor(self._name, self._version)
         self.runner = supervisor.serving()
         if timeout_s is None:
             timeout_s = default_timeout_s(supervisor.config)
-        if receive is None:
+        async with cancel_on_disconnect(scope, receive):
             return await supervisor.infer(inputs, timeout_s, self._limits, self._track)
-        task = asyncio.current_task()
-        watcher = asyncio.ensure_future(_cancel_on_disconnect(receive, task))
-        try:
-            return await supervisor.infer(inputs, timeout_s, self._limits, self._track)
-        except asyncio.CancelledError:
-            if task is None or not watcher.done() or watcher.cancelled():
-                raise  # cancelled for another reason (shutdown): let it through
-            task.uncancel()
-            raise ClientClosed("the client disconnected before its answer was ready") from None
-        finally:
-            watcher.cancel()
 
     def _track(self, runner: ModelRunner) -> None:
         self.runner = runner
@@ -100,14 +86,6 @@ class InferenceCall:
             series.failure("cancelled")
         else:
             series.failure("internal_error")
-
-
-async def _cancel_on_disconnect(receive: Receive, task: asyncio.Task | None) -> None:
-    """Wait for the client to go away, then cancel the request's task."""
-    while (await receive())["type"] != "http.disconnect":
-        pass  # a body after the body: nothing to do with it
-    if task is not None:
-        task.cancel()
 
 
 def default_timeout_s(config: ModelConfig) -> float | None:

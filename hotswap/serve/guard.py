@@ -185,8 +185,10 @@ class Guard:
             if done:  # after the body only a disconnect can come: no deadline on it
                 return await receive()
             try:
-                message = await asyncio.wait_for(receive(), max(0.0, deadline - asyncio.get_running_loop().time()))
-            except asyncio.TimeoutError:
+                # timeout_at arms one timer; wait_for would also start a task for every receive().
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
+            except TimeoutError:
                 raise BodyTimeout(f"request body not received within server.limits.body_timeout_s="
                                   f"{timeout:g}") from None
             if message["type"] == "http.request":

@@ -181,7 +181,7 @@ async def create_embeddings(request: Request) -> Response:
             else:
                 tokens = await asyncio.to_thread(model.counter.count, query.texts)
             outputs = await call.infer({model.input_name: np.array(query.texts, dtype=object)}, None,
-                                       request.receive)
+                                       request.scope, request.receive)
             body = encode_embeddings(query.model, outputs[model.output_name], query, tokens)
         status = 200
     except HotswapError as exc:

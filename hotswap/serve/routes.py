@@ -1,7 +1,8 @@
 """Open Inference Protocol v2 routes: decode the wire format, call the data plane, encode.
 
 Nothing here looks up runners, applies deadlines or counts requests: that is the data
-plane's (hotswap.serve.dataplane), so a second protocol reuses it as it is.
+plane's (hotswap.serve.dataplane), so a second protocol reuses it as it is. The infer route
+itself is plain ASGI in front of the router (hotswap.serve.infer_endpoint).
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from hotswap import __version__
 from hotswap.errors import Forbidden, HotswapError, InvalidInput, UnsupportedMediaType
-from hotswap.serve.codec import decode_infer_request, encode_infer_response
 from hotswap.serve.dataplane import DataPlane
 from hotswap.serve.schemas import (
     ErrorResponse,
@@ -27,7 +27,6 @@ from hotswap.serve.schemas import (
     ServerMetadata,
 )
 
-HEADER_LENGTH = "inference-header-content-length"
 EXTENSIONS = ["binary_tensor_data", "model_repository", "statistics", "parameters"]
 
 
@@ -37,36 +36,6 @@ def json_response(content: Any, status: int = 200, headers: dict | None = None) 
 
 def _plane(request: Request) -> DataPlane:
     return request.app.state.dataplane
-
-
-def request_timeout_s(parameters: dict) -> float | None:
-    """Request `parameters.timeout` is in microseconds, as Triton and tritonclient use it."""
-    value = parameters.get("timeout")
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise InvalidInput(f"parameters.timeout: expected a positive number of microseconds, got {value!r}")
-    return value / 1e6
-
-
-def _header_length(request: Request) -> int | None:
-    header = request.headers.get(HEADER_LENGTH)
-    if header is None:
-        return None
-    try:
-        return int(header)
-    except ValueError:
-        raise InvalidInput(f"header Inference-Header-Content-Length: expected an integer, got {header!r}") from None
-
-
-async def infer(request: Request) -> Response:
-    """POST /v2/models/{model}[/versions/{version}]/infer, JSON or the binary extension."""
-    model = request.path_params["model"]
-    with _plane(request).call(model, request.path_params.get("version")) as call:
-        decoded = decode_infer_request(await request.body(), _header_length(request))
-        outputs = await call.infer(decoded.inputs, request_timeout_s(decoded.parameters), request.receive)
-        payload, headers = encode_infer_response(model, call.version, outputs, decoded)
-    return Response(payload, headers=headers)
 
 
 async def server_metadata() -> Response:
@@ -169,9 +138,6 @@ def build_router() -> APIRouter:
     for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
         router.add_api_route(prefix, model_metadata, methods=["GET"], response_model=ModelMetadata)
         router.add_api_route(f"{prefix}/ready", model_ready, methods=["GET"], response_model=ModelReady)
-        # A plain Starlette route: FastAPI's dependency solving and parameter validation
-        # cost more per request than all of hotswap's own request handling.
-        router.add_route(f"{prefix}/infer", infer, methods=["POST"])
     router.add_api_route("/v2/repository/index", repository_index, methods=["POST"],
                          response_model=list[RepositoryModel])
     for action, handler in (("load", load), ("unload", unload)):

@@ -18,9 +18,44 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from hotswap.config import ServerConfig
 from hotswap.serve.dataplane import DataPlane
+from hotswap.serve.disconnect import EXTENSION, DisconnectSignal, signal_of
 
 #: Seconds before uvicorn's own deadline at which the waiting requests are answered 503.
 ANSWER_MARGIN_S = 0.5
+
+
+class OneWriteResponses:
+    """A response's transport that holds its status line and headers back until the body's first
+    write (or the end of the loop turn, whichever is first), so a small answer leaves in one
+    write() instead of two: on loopback and in VMs each write costs a system call and wakes the
+    client, and the headers alone were written first, by uvicorn, in a call of their own."""
+
+    __slots__ = ("_transport", "_loop", "_held")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport, self._loop = transport, loop
+        self._held: bytes | None = None
+
+    def write(self, data: bytes) -> None:
+        if self._held is not None:
+            data, self._held = self._held + data, None
+        elif data.startswith(b"HTTP/1.1 ") and not data.startswith(b"HTTP/1.1 100 "):
+            self._held = data
+            self._loop.call_soon(self.flush)  # a body that never comes must not keep the headers
+            return
+        self._transport.write(data)
+
+    def flush(self) -> None:
+        if self._held is not None:
+            held, self._held = self._held, None
+            self._transport.write(held)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
 
 
 class HeaderDeadlineProtocol(HttpToolsProtocol):
@@ -55,11 +90,21 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._disarm_header_deadline()
+        # Before the request's task exists: a queued request learns of a lost connection from
+        # this signal instead of a task of its own waiting on receive().
+        self.scope.setdefault("extensions", {})[EXTENSION] = DisconnectSignal()  # type: ignore[assignment]
         super().on_headers_complete()
+        if self.cycle is not None and self.cycle.scope is self.scope:
+            self.cycle.transport = OneWriteResponses(self.transport, self.loop)  # type: ignore[assignment]
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_header_deadline()
+        cycle = self.cycle
         super().connection_lost(exc)
+        if cycle is not None and not cycle.response_complete:
+            lost = signal_of(cycle.scope)  # type: ignore[arg-type]
+            if lost is not None:
+                lost.fire()
 
 
 def uvicorn_config(app: object, server: ServerConfig, **overrides: object) -> uvicorn.Config:

@@ -53,11 +53,12 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_server(app) -> Iterator[LiveServer]:
-    """Serve `app` with a real uvicorn in a thread until the block ends."""
+def running_server(app, http: type | str = "auto") -> Iterator[LiveServer]:
+    """Serve `app` with a real uvicorn in a thread until the block ends; `http` is uvicorn's
+    HTTP protocol (hotswap's own, from hotswap.serve.server.uvicorn_config, or uvicorn's)."""
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on",
-                                           timeout_graceful_shutdown=10))
+                                           timeout_graceful_shutdown=10, http=http))
     exited: list[BaseException] = []
 
     def run() -> None:

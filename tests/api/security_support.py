@@ -18,12 +18,17 @@ from tritonclient.utils import InferenceServerException
 from hotswap.backends.registry import BackendRegistry
 from hotswap.config import parse_config
 from hotswap.serve.app import create_app
+from hotswap.serve.server import uvicorn_config
 
 
-def serve(registry: BackendRegistry, server: dict, models: list[dict]) -> AbstractContextManager[LiveServer]:
-    """A real uvicorn server for `{"server": server, "models": models}`, as a context manager."""
+def serve(registry: BackendRegistry, server: dict, models: list[dict],
+          hotswap_protocol: bool = False) -> AbstractContextManager[LiveServer]:
+    """A real uvicorn server for `{"server": server, "models": models}`, as a context manager;
+    with `hotswap_protocol`, on hotswap's own HTTP protocol (header deadline, disconnect signal)."""
     config = parse_config({"server": server, "models": models}, "test", registry)
-    return running_server(create_app(config, registry))
+    app = create_app(config, registry)
+    http = uvicorn_config(app, config.server).http if hotswap_protocol else "auto"
+    return running_server(app, http)
 
 
 def bearer(token: str) -> dict[str, str]:

@@ -17,12 +17,14 @@ QUEUE_DELAY_S = 2.0
 MODEL = "slow_tiny"
 
 
-@pytest.fixture(scope="module")
-def slow_server(registry, model_configs, tmp_path_factory) -> Iterator[LiveServer]:
-    """tiny, whose batches wait the full 2 s for company before they run."""
+@pytest.fixture(scope="module", params=["hotswap-protocol", "uvicorn-protocol"])
+def slow_server(request, registry, model_configs, tmp_path_factory) -> Iterator[LiveServer]:
+    """tiny, whose batches wait the full 2 s for company before they run; on hotswap's HTTP protocol
+    (the connection signals the loss) and on uvicorn's own (a task watches receive())."""
     model = model_configs["tiny"] | {"name": MODEL, "batching": {
         "max_batch_size": 64, "max_queue_delay_ms": QUEUE_DELAY_S * 1000, "adaptive_delay": False}}
-    with serve(registry, server_section(tmp_path_factory), [model]) as live:
+    with serve(registry, server_section(tmp_path_factory), [model],
+               hotswap_protocol=request.param == "hotswap-protocol") as live:
         yield live
 
 
