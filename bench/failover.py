@@ -13,9 +13,10 @@ trigger file exists. onnxruntime CPU is next in the chain.
    (model metadata `failover.history[].switch_ms`: first failed batch -> traffic on the next
    backend; goal <= 2 s).
 2. standby: the same with `failover.standby: true` (goal <= 50 ms).
-3. shadow: onnxruntime alone, `--seconds` at concurrency 32 with and without
-   `shadow: {backend: onnxruntime, sample: 0.05}`: rows/s with ÷ without (goal >= 0.93), and
-   p50 at concurrency 1, with minus without (goal <= 0.3 ms).
+3. shadow: onnxruntime alone, with and without `shadow: {backend: onnxruntime, sample: 0.05}`,
+   both servers up, measured in turn for `--rounds` rounds of `--seconds` at concurrency 32 and
+   at 1 (medians): rows/s with ÷ without (goal >= 0.93), p50 at c=1 with minus without (goal
+   <= 0.3 ms). `--only failover|shadow` runs one part.
 
 Prints a markdown section for docs/BENCHMARKS.md; writes bench/results/failover-<date>.json.
 """
@@ -128,54 +129,73 @@ def failover_run(folder: Path, site: Path, args: argparse.Namespace, standby: bo
 
 
 def shadow_runs(folder: Path, site: Path, args: argparse.Namespace) -> dict:
-    out = {}
-    for label, shadow in (("without", None), ("with", {"backend": {"name": "onnxruntime"}, "sample": 0.05})):
-        model = {"name": "minilm", "source": "builtin:minilm", "backends": [{"name": "onnxruntime"}],
-                 "shadow": shadow, "batching": {"max_batch_size": 32, "max_queue_delay_ms": 2,
-                                                "max_queue_size": 4096}}
-        server, url = serve(folder, f"shadow-{label}", model, site)
-        try:
-            asyncio.run(load(url, args.concurrency, 2))
-            loaded = summarise(asyncio.run(load(url, args.concurrency, args.seconds)), args.seconds)
-            single = summarise(asyncio.run(load(url, 1, args.seconds)), args.seconds)
-        finally:
+    """Both servers up at once, measured in turn for `--rounds` rounds (medians): drift on a shared
+    machine then hits with and without alike, instead of whichever ran second."""
+    servers = {}
+    try:
+        for label, shadow in (("without", None), ("with", {"backend": {"name": "onnxruntime"}, "sample": 0.05})):
+            model = {"name": "minilm", "source": "builtin:minilm", "backends": [{"name": "onnxruntime"}],
+                     "shadow": shadow, "batching": {"max_batch_size": 32, "max_queue_delay_ms": 2,
+                                                    "max_queue_size": 4096}}
+            servers[label] = serve(folder, f"shadow-{label}", model, site)
+            asyncio.run(load(servers[label][1], args.concurrency, 2))  # warm-up
+        rounds: dict[str, list] = {"without": [], "with": []}
+        for _ in range(args.rounds):
+            for label, (_, url) in servers.items():
+                loaded = summarise(asyncio.run(load(url, args.concurrency, args.seconds)), args.seconds)
+                single = summarise(asyncio.run(load(url, 1, args.seconds)), args.seconds)
+                rounds[label].append({"c32": loaded, "c1": single})
+                log(f"shadow {label}: {loaded['rows_per_s']:.0f} rows/s at c={args.concurrency}, "
+                    f"p50 {single['p50_ms']:.2f} ms at c=1")
+    finally:
+        for server, _ in servers.values():
             server.stop()
-        out[label] = {"c32": loaded, "c1": single}
-        log(f"shadow {label}: {loaded['rows_per_s']:.0f} rows/s at c={args.concurrency}, "
-            f"p50 {single['p50_ms']:.2f} ms at c=1")
+    out = {}
+    for label, runs in rounds.items():
+        out[label] = {level: {key: statistics.median(run[level][key] for run in runs)
+                              for key in ("rows_per_s", "p50_ms", "lost")} for level in ("c32", "c1")}
+        out[label]["rounds"] = runs
     return out
 
 
 def markdown(results: dict, args: argparse.Namespace) -> str:
-    cold, standby, shadow = results["cold"], results["standby"], results["shadow"]
-    ratio = shadow["with"]["c32"]["rows_per_s"] / shadow["without"]["c32"]["rows_per_s"]
-    delta = shadow["with"]["c1"]["p50_ms"] - shadow["without"]["c1"]["p50_ms"]
-    return "\n".join([
-        "## Failover and shadow (bench/failover.py)", "",
-        f"MiniLM, `fault` primary raising from mid-run, onnxruntime CPU next; concurrency {args.concurrency}, "
-        f"{args.seconds:.0f} s per run; {results['machine']['nproc']} × {results['machine']['cpu_model']}.", "",
-        "| measure | result | goal |", "|---|---|---|",
-        f"| requests lost, cold failover | {cold['lost']} of {cold['requests']} | 0 |",
-        f"| requests lost, with standby | {standby['lost']} of {standby['requests']} | 0 |",
-        f"| first failed batch → traffic on next, cold | {cold['switch_ms']} ms | ≤ 2000 ms |",
-        f"| the same with `standby: true` | {standby['switch_ms']} ms | ≤ 50 ms |",
-        f"| throughput with shadow 5 % ÷ without (c={args.concurrency}) | {ratio:.3f} | ≥ 0.93 |",
-        f"| p50 at c=1, shadow on − off | {delta:+.3f} ms | ≤ 0.3 ms |", ""])
+    lines = ["## Failover and shadow (bench/failover.py)", "",
+             f"MiniLM; concurrency {args.concurrency}, {args.seconds:.0f} s per run; "
+             f"{results['machine']['nproc']} × {results['machine']['cpu_model']}.", "",
+             "| measure | result | goal |", "|---|---|---|"]
+    if "cold" in results:
+        cold, standby = results["cold"], results["standby"]
+        lines += [f"| requests lost, cold failover | {cold['lost']} of {cold['requests']} | 0 |",
+                  f"| requests lost, with standby | {standby['lost']} of {standby['requests']} | 0 |",
+                  f"| first failed batch → traffic on next, cold | {cold['switch_ms']} ms | ≤ 2000 ms |",
+                  f"| the same with `standby: true` | {standby['switch_ms']} ms | ≤ 50 ms |"]
+    if "shadow" in results:
+        shadow = results["shadow"]
+        ratio = shadow["with"]["c32"]["rows_per_s"] / shadow["without"]["c32"]["rows_per_s"]
+        delta = shadow["with"]["c1"]["p50_ms"] - shadow["without"]["c1"]["p50_ms"]
+        lines += [f"| throughput with shadow 5 % ÷ without (c={args.concurrency}, median of {args.rounds} "
+                  f"alternations) | {ratio:.3f} | ≥ 0.93 |",
+                  f"| p50 at c=1, shadow on − off | {delta:+.3f} ms | ≤ 0.3 ms |"]
+    return "\n".join(lines + [""])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=30.0, help="length of each measured run")
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=3, help="shadow on/off alternations (medians)")
+    parser.add_argument("--only", choices=["failover", "shadow"], help="run one part only")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="hotswap-failover-") as tmp:
         folder = Path(tmp)
         site = install_plugin(folder)
         results = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                    "machine": machine_info()}
-        results["cold"] = failover_run(folder, site, args, standby=False)
-        results["standby"] = failover_run(folder, site, args, standby=True)
-        results["shadow"] = shadow_runs(folder, site, args)
+        if args.only != "shadow":
+            results["cold"] = failover_run(folder, site, args, standby=False)
+            results["standby"] = failover_run(folder, site, args, standby=True)
+        if args.only != "failover":
+            results["shadow"] = shadow_runs(folder, site, args)
     out = BENCH / "results" / f"failover-{dt.date.today().isoformat()}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(results, indent=1, default=str))

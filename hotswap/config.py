@@ -180,6 +180,8 @@ class ShadowConfig(_Strict):
     atol: float = Field(1e-3, ge=0, le=1e6, description="Largest absolute difference that still matches.")
     min_cosine: float = Field(0.999, ge=-1, le=1, description="Smallest per-row cosine similarity that "
                               "still matches.")
+    nice: int = Field(19, ge=0, le=19, description="CPU priority (Unix nice) of the shadow's threads: at 19, "
+                      "the default, the shadow takes only CPU time the primary leaves idle.")
 
 
 class ModelConfig(_Strict):

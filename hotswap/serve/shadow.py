@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
+import sys
+import threading
 import time
 from collections import Counter as Tally
 from concurrent.futures import ThreadPoolExecutor
@@ -61,6 +64,15 @@ def parity(reference: Tensors, outputs: Tensors) -> tuple[float, np.ndarray]:
     return max_abs, np.where(both_zero, 1.0, cosine)
 
 
+def lower_priority(nice: int) -> None:
+    """Raise the calling thread's nice value to `nice` (Linux: per thread); elsewhere, nothing."""
+    if nice and hasattr(os, "setpriority") and sys.platform.startswith("linux"):
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+        except OSError as exc:  # a sandbox may refuse; the shadow still works, at normal priority
+            log.warning("shadow: cannot lower the CPU priority of its thread: %s", exc)
+
+
 def finite_or_text(value: float) -> float | str:
     """JSON has no inf or NaN: those are reported as text."""
     return value if np.isfinite(value) else str(value)
@@ -87,7 +99,10 @@ class ShadowParity:
         self._cosine = metrics.shadow_cosine.labels(*labels)
         self._duration = metrics.shadow_duration.labels(*labels)
         self._queue: asyncio.Queue[tuple[Tensors, Tensors]] = asyncio.Queue(self.config.max_queue)
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"hotswap-{model.name}-shadow")
+        # The backend loads on this thread, so the threads its runtime starts (ORT's or torch's
+        # pools) inherit the lowered priority too: the shadow yields the cores to the primary.
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"hotswap-{model.name}-shadow",
+                                            initializer=lower_priority, initargs=(self.config.nice,))
         self._pipeline: Pipeline | None = None
         self._task: asyncio.Task[None] | None = None
         self._random = random.Random()

@@ -3,9 +3,11 @@ primary answered; the fault-injecting plugin plays the drifting chip or the slow
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -103,3 +105,33 @@ def test_a_failing_shadow_is_counted_and_never_fails_a_client(start, tiny):
     client.close()
     wait_for(lambda: shadow_batches(server, "fault").get("error") == 4, what="4 shadow errors")
     assert "injected device fault" in summary(server)["last_error"]
+
+
+def nice_threads(nice: int) -> set[int]:
+    """Native ids of this process's threads whose nice value is `nice` (field 19 of /proc stat)."""
+    found = set()
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # the thread ended meanwhile
+        if int(fields[16]) == nice:
+            found.add(int(task.name))
+    return found
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice values are Linux's")
+def test_the_shadow_and_the_runtime_threads_it_starts_run_at_the_lowest_cpu_priority(start, tiny):
+    """On shared cores the shadow may only take what the primary leaves idle: its thread, and the
+    pool threads its onnxruntime session starts, have nice 19; the primary's thread keeps 0."""
+    before = nice_threads(19)
+    server = start({"name": "onnxruntime"},
+                   {"backend": {"name": "onnxruntime", "intra_op_threads": 2}, "sample": 1.0})
+    infer_tiny(server.client(), "m", tiny_input(2))
+    supervisor = server.app.state.dataplane.repository.ready_supervisor("m", None)
+    shadow_thread = next(iter(supervisor.shadow._executor._threads)).native_id
+    primary_thread = next(iter(supervisor.active._executors[0]._threads)).native_id
+    lowered = nice_threads(19) - before
+    assert shadow_thread in lowered
+    assert len(lowered) >= 2, "onnxruntime's intra-op pool thread did not inherit the shadow's priority"
+    assert primary_thread in nice_threads(0)
