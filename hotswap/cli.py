@@ -1,24 +1,29 @@
-"""`hotswap serve | backends | compare | prepare`."""
+"""`hotswap serve | ray | backends | compare | prepare`."""
 
 from __future__ import annotations
 
+import copy
 import logging
+import os
 import sys
 from pathlib import Path
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
 from rich.table import Table
 
 from hotswap.backends.registry import discover_backends
-from hotswap.config import load_config
+from hotswap.config import DEFAULT_CONFIG, ServerConfig, format_validation_error, load_config, parse_config
+from hotswap.deploy.ray_config import RayConfig
 from hotswap.errors import HotswapError
 from hotswap.models.processing import validate_processor_options
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="One inference endpoint, any accelerator.")
 console = Console(stderr=True)
+ENV_ONLY = "<HOTSWAP_* environment>"
 
 
 def _setup_logging(level: str) -> None:
@@ -26,36 +31,72 @@ def _setup_logging(level: str) -> None:
                         handlers=[RichHandler(console=console, show_path=False)])
 
 
-def _load(config: Path):
-    """The discovered backends and the validated config; a config error exits with status 2."""
+def _load(config: Path | None):
+    """The discovered backends and the validated config (from HOTSWAP_* env alone when `config` is
+    None); a config error exits with status 2."""
     registry = discover_backends()
     try:
-        cfg = load_config(config, registry)
-        validate_processor_options(cfg, str(config))
+        # No file: the default model (as examples/default.yaml), with HOTSWAP_* overrides on top.
+        cfg = load_config(config, registry) if config else parse_config(copy.deepcopy(DEFAULT_CONFIG), ENV_ONLY,
+                                                                        registry)
+        validate_processor_options(cfg, str(config or ENV_ONLY))
         return registry, cfg
     except HotswapError as exc:
         console.print(f"[red]config error[/red]\n{exc}")
         raise typer.Exit(2) from None
 
 
+def _override_server(server: ServerConfig, host: str | None, port: int | None,
+                     workers: int | None) -> ServerConfig:
+    """The server section with the command line's overrides, validated again (bounds, workers vs swap)."""
+    overrides = {k: v for k, v in (("host", host), ("port", port), ("workers", workers)) if v is not None}
+    if not overrides:
+        return server
+    try:
+        return ServerConfig.model_validate(server.model_dump() | overrides)
+    except ValidationError as exc:
+        console.print(f"[red]config error[/red]\n{format_validation_error(exc, 'command line', ('server',))}")
+        raise typer.Exit(2) from None
+
+
+def _serve_workers(cfg, config: Path | None, metrics_dir: str | None) -> None:
+    """`server.workers` > 1: the supervisor of serve/workers.py; exits with its status."""
+    from hotswap.serve.guard import check_exposure
+    from hotswap.serve.workers import WorkerSupervisor
+
+    try:
+        check_exposure(cfg.server)  # each worker checks again; failing here spares N start-ups
+    except HotswapError as exc:
+        console.print(f"[red]config error[/red]\n{config or ENV_ONLY}: {exc}")
+        raise typer.Exit(2) from None
+    config_dir = config.resolve().parent if config else None
+    raise typer.Exit(WorkerSupervisor(cfg, config_dir, metrics_dir).run())
+
+
 @app.command()
 def serve(
-    config: Path = typer.Option(..., "--config", "-c", help="YAML config file."),
+    config: Path | None = typer.Option(None, "--config", "-c", help="YAML config file; without it the default "
+                                       "model (examples/default.yaml) with HOTSWAP_* environment overrides "
+                                       "(containers, KServe)."),
     host: str | None = typer.Option(None, help="Override server.host."),
     port: int | None = typer.Option(None, help="Override server.port."),
+    workers: int | None = typer.Option(None, help="Override server.workers: server processes sharing the port."),
 ) -> None:
     """Serve the configured models over the Open Inference Protocol v2 (HTTP)."""
+    # Before prometheus_client is imported: one process keeps its metrics in memory (the fast
+    # path); only --workers N (serve/workers.py) uses the multiprocess files, in this folder if set.
+    metrics_dir = os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
     from hotswap.serve.app import create_app
     from hotswap.serve.server import HotswapServer, uvicorn_config
 
     registry, cfg = _load(config)
-    if host is not None:
-        cfg.server.host = host
-    if port is not None:
-        cfg.server.port = port
+    cfg.server = _override_server(cfg.server, host, port, workers)
     _setup_logging(cfg.server.log_level)
+    if cfg.server.workers > 1:
+        _serve_workers(cfg, config, metrics_dir)
     try:
-        application = create_app(cfg, registry, config_dir=config.resolve().parent, progress=sys.stderr.isatty())
+        application = create_app(cfg, registry, config_dir=config.resolve().parent if config else None,
+                                 progress=sys.stderr.isatty())
     except HotswapError as exc:
         console.print(f"[red]config error[/red]\n{config}: {exc}")
         raise typer.Exit(2) from None
@@ -165,6 +206,34 @@ def prepare(source: str = typer.Argument("builtin:minilm", help="Built-in model 
     prepared = resolve_source(source, progress=True)
     for path in prepared.artifacts:
         console.print(f"{path}")
+
+
+@app.command(name="ray")
+def ray_command(
+    config: Path = typer.Option(..., "--config", "-c", help="YAML config file; its `ray:` section sets replicas "
+                                "and resources."),
+    address: str | None = typer.Option(None, help="Join a running Ray cluster ('auto' or host:port); default: "
+                                       "start a local, loopback-only one."),
+    num_cpus: float | None = typer.Option(None, min=0.1, max=4096, help="CPUs of the local cluster (default: "
+                                          "all of this machine's)."),
+) -> None:
+    """Serve the config on Ray Serve: one deployment whose replicas each load every model, behind
+    Serve's proxy on server.host:server.port. Ctrl-C or SIGTERM deletes the application."""
+    from hotswap.deploy import ray as hotswap_ray
+
+    _registry, cfg = _load(config)
+    _setup_logging(cfg.server.log_level)
+    try:
+        hotswap_ray.start_local_ray(num_cpus, address)
+        url = hotswap_ray.deploy(cfg, config.resolve().parent)
+    except ImportError as exc:
+        console.print(f"[red]{escape(str(exc))}[/red]")
+        raise typer.Exit(2) from None
+    except HotswapError as exc:
+        console.print(f"[red]{escape(str(exc))}[/red]")
+        raise typer.Exit(1) from None
+    console.print(f"serving on Ray Serve at {url} (Ctrl-C stops)")
+    hotswap_ray.serve_until_stopped((cfg.ray or RayConfig()).app_name)
 
 
 def main() -> None:

@@ -18,89 +18,28 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from hotswap.deploy.ray_config import RayConfig
 from hotswap.errors import ConfigError
+from hotswap.generate.options import GenerationConfig, generation_chain_problem
 from hotswap.models.signature import Signature, TensorSpec
+from hotswap.server_config import ServerConfig, StrictModel
+
+#: `hotswap serve` without --config: the default model, as examples/default.yaml (HOTSWAP_* env still applies).
+DEFAULT_CONFIG = {
+    "server": {"host": "127.0.0.1", "port": 8000},
+    "models": [{"name": "minilm", "source": "builtin:minilm",
+                "backends": [{"name": "onnxruntime", "providers": ["CPUExecutionProvider"]}],
+                "batching": {"max_batch_size": 32, "max_queue_delay_ms": 2, "max_queue_size": 1024}}],
+}
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
-
-
-class TokenSource(_Strict):
-    """One bearer token, read from an environment variable or a file (never written in the config)."""
-
-    scope: Literal["infer", "admin"] = Field(description="infer: inference and metadata; admin: also the "
-                                             "repository API (load, unload, index).")
-    env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
-                            description="Environment variable holding the token.")
-    file: Path | None = Field(None, description="File whose first line is the token.")
-
-    @model_validator(mode="after")
-    def _one_origin(self) -> TokenSource:
-        if (self.env is None) == (self.file is None):
-            raise ValueError("set exactly one of `env` and `file`")
-        return self
-
-
-class AuthConfig(_Strict):
-    """Bearer-token authentication. Health endpoints are always open."""
-
-    tokens: list[TokenSource] = Field(default_factory=list, max_length=64,
-                                      description="Accepted tokens and their scopes; empty: no authentication.")
-    metrics: Literal["open", "infer", "admin"] = Field("open", description="Scope /metrics needs (open: none).")
-    allow_anonymous: bool = Field(False, description="Allow binding a non-loopback address without tokens.")
-
-
-class LimitsConfig(_Strict):
-    """Bounds checked before anything is allocated for a request."""
-
-    max_body_bytes: int = Field(64 * 2**20, ge=1024, le=2**31, description="Largest request body; larger "
-                                "bodies get 413 from Content-Length before reading, or while streaming.")
-    max_rows: int = Field(1024, ge=1, le=2**20, description="Most rows (dim 0) in one inference request.")
-    max_bytes_element: int = Field(2**20, ge=1, le=2**31, description="Largest single BYTES element.")
-    max_concurrency: int = Field(1024, ge=1, le=65536, description="Most connections and tasks the HTTP server "
-                                 "runs at once; more get 503.")
-    keep_alive_s: float = Field(5.0, gt=0, le=300, description="Idle keep-alive connections close after this.")
-    body_timeout_s: float = Field(30.0, gt=0, le=3600, description="A request body not received within this "
-                                  "gets 408: slow or silent clients do not hold the server.")
-    header_timeout_s: float = Field(10.0, gt=0, le=600, description="A connection whose request headers do not "
-                                    "arrive within this (a silent or slowly dripping client) is closed.")
-
-
-class ServerConfig(_Strict):
-    """Where the HTTP server listens, who may call it, and what one request may cost."""
-
-    host: str = Field("127.0.0.1", description="Bind address.")
-    port: int = Field(8000, ge=0, le=65535, description="TCP port (0 = any free port).")
-    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
-        "info", description="uvicorn/hotswap log level.")
-    graceful_timeout_s: float = Field(30.0, ge=0, le=3600, description="How long SIGTERM, and a swap, wait for "
-                                      "in-flight requests; those still queued then get 503.")
-    auth: AuthConfig = Field(default_factory=AuthConfig)
-    allowed_hosts: list[str] | None = Field(None, max_length=256, description="Host header values accepted "
-                                            "(DNS-rebinding guard); default: loopback names when bound to "
-                                            "loopback, any otherwise. '*' accepts any.")
-    model_control: Literal["none", "explicit"] = Field("none", description="none: the repository load/unload "
-                                                        "API answers 403; explicit: an admin may load, unload and "
-                                                        "swap backends at run time.")
-    model_roots: list[Path] | None = Field(None, max_length=64, description="Folders model files may come from; "
-                                           "default: the config file's folder and the hotswap cache.")
-    limits: LimitsConfig = Field(default_factory=LimitsConfig)
-
-    def is_loopback(self) -> bool:
-        return self.host in LOOPBACK_HOSTS or self.host.startswith("127.")
-
-
-class BatchingConfig(_Strict):
+class BatchingConfig(StrictModel):
     """Dynamic batching: requests queue per model and run together on one backend call."""
 
     max_batch_size: int = Field(32, ge=1, le=4096, description="Most rows (dim 0) in one backend call; 1 disables "
@@ -145,7 +84,7 @@ class ProcessorConfig(BaseModel):
     name: str = Field(description="Processor name, e.g. text-embedding.")
 
 
-class FailoverConfig(_Strict):
+class FailoverConfig(StrictModel):
     """Runtime failover: move a model to the next chain entry when its backend turns faulty.
 
     Present = on. A backend is faulty after `after_errors` consecutive failed batches (backend
@@ -170,7 +109,7 @@ class FailoverConfig(_Strict):
                                      "probe may show against the serving backend.")
 
 
-class ShadowConfig(_Strict):
+class ShadowConfig(StrictModel):
     """Shadow parity: re-run a sample of answered batches on a second backend and compare."""
 
     backend: BackendEntry = Field(description="A chain-entry spec for the shadow, e.g. {name: onnxruntime}.")
@@ -184,7 +123,7 @@ class ShadowConfig(_Strict):
                       "the default, the shadow takes only CPU time the primary leaves idle.")
 
 
-class ModelConfig(_Strict):
+class ModelConfig(StrictModel):
     """One served model."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="Model name in URLs and metric labels.")
@@ -201,11 +140,19 @@ class ModelConfig(_Strict):
     failover: FailoverConfig | None = Field(None, description="Runtime failover along the chain; off when "
                                             "absent.")
     shadow: ShadowConfig | None = Field(None, description="Shadow parity on live batches; off when absent.")
+    generation: GenerationConfig | None = Field(None, description="Present: the model generates text "
+                                                "(hotswap.generate: continuous batching on the torch backend).")
 
     @model_validator(mode="after")
     def _both_or_neither(self) -> ModelConfig:
         if (self.inputs is None) != (self.outputs is None):
             raise ValueError("declare both `inputs` and `outputs`, or neither")
+        if self.generation is not None:
+            problem = generation_chain_problem([b.name for b in self.backends], self.inputs is not None,
+                                               self.processor is not None,
+                                               self.failover is not None or self.shadow is not None)
+            if problem:
+                raise ValueError(problem)
         return self
 
     def declared_signature(self) -> Signature | None:
@@ -221,6 +168,8 @@ class HotswapConfig(BaseSettings):
 
     server: ServerConfig = Field(default_factory=ServerConfig)
     models: list[ModelConfig] = Field(default_factory=list)
+    ray: RayConfig | None = Field(None, description="Ray Serve deployment (`hotswap ray`); ignored by "
+                                "`hotswap serve`.")
 
     @model_validator(mode="after")
     def _unique_names(self) -> HotswapConfig:

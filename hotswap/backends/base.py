@@ -42,9 +42,24 @@ class BackendOptions(BaseModel):
 OptionsT = TypeVar("OptionsT", bound=BackendOptions)
 
 
+#: Set by `hotswap serve --workers N` (serve/workers.py) for its worker processes: N processes
+#: share this machine's cores, each with its own instances.
+CPU_SHARERS_ENV = "HOTSWAP_CPU_SHARERS"
+
+
+def cpu_sharers(instances: int) -> int:
+    """Instances on this machine competing for its cores: this process's times its sibling workers."""
+    try:
+        processes = max(1, int(os.environ.get(CPU_SHARERS_ENV, "1")))
+    except ValueError:
+        processes = 1
+    return instances * processes
+
+
 def threads_per_instance(instances: int) -> int:
-    """CPU threads for one of `instances` instances, so together they use each core once."""
-    return max(1, (os.cpu_count() or 1) // instances)
+    """CPU threads for one of `instances` instances (of every worker process), so together they
+    use each core once."""
+    return max(1, (os.cpu_count() or 1) // cpu_sharers(instances))
 
 
 class Backend(ABC, Generic[OptionsT]):

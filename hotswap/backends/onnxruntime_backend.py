@@ -18,7 +18,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, field_validator
 
-from hotswap.backends.base import Backend, BackendOptions, threads_per_instance
+from hotswap.backends.base import Backend, BackendOptions, cpu_sharers, threads_per_instance
 from hotswap.errors import BackendUnavailable, InvalidInput
 from hotswap.models.signature import Signature, Tensors, TensorSpec
 
@@ -173,7 +173,7 @@ class OnnxRuntimeBackend(Backend[OnnxRuntimeOptions]):
     @classmethod
     def tune_for_instances(cls, options: OnnxRuntimeOptions, instances: int) -> OnnxRuntimeOptions:
         # N sessions each sized to every core would oversubscribe the CPU N times over.
-        if instances > 1 and options.intra_op_threads is None:
+        if cpu_sharers(instances) > 1 and options.intra_op_threads is None:
             return options.model_copy(update={"intra_op_threads": threads_per_instance(instances)})
         return options
 

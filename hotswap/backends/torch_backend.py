@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from hotswap.backends.base import Backend, BackendOptions, threads_per_instance
+from hotswap.backends.base import Backend, BackendOptions, cpu_sharers, threads_per_instance
 from hotswap.errors import BackendUnavailable
 from hotswap.models.signature import Signature, Tensors, TensorSpec
 
@@ -124,7 +124,7 @@ class TorchBackend(Backend[TorchOptions]):
     @classmethod
     def tune_for_instances(cls, options: TorchOptions, instances: int) -> TorchOptions:
         # torch's CPU thread pool is process-wide: size it for all instances together.
-        if instances > 1 and options.threads is None and options.device == "cpu":
+        if cpu_sharers(instances) > 1 and options.threads is None and options.device == "cpu":
             return options.model_copy(update={"threads": threads_per_instance(instances)})
         return options
 

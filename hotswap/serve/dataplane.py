@@ -9,17 +9,17 @@ data plane and encodes the answer. The data plane owns the rest of the request p
 
 from __future__ import annotations
 
-import asyncio
 import time
 from types import TracebackType
 
-from hotswap.config import LimitsConfig, ModelConfig
-from hotswap.errors import Forbidden, HotswapError, ShuttingDown
+from hotswap.config import ModelConfig
+from hotswap.errors import Forbidden, ShuttingDown
 from hotswap.models.signature import Tensors
 from hotswap.serve.disconnect import Receive, Scope, cancel_on_disconnect
 from hotswap.serve.metrics import Metrics
 from hotswap.serve.repository import ModelRepository
 from hotswap.serve.runner import ModelRunner
+from hotswap.server_config import LimitsConfig
 
 
 class InferenceCall:
@@ -76,16 +76,7 @@ class InferenceCall:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        series = self.runner.series
-        if exc is None:
-            series.success.inc()
-            series.request_duration.observe(time.perf_counter() - self._started)
-        elif isinstance(exc, HotswapError):
-            series.failure(exc.reason)
-        elif isinstance(exc, asyncio.CancelledError):
-            series.failure("cancelled")
-        else:
-            series.failure("internal_error")
+        self.runner.series.outcome(exc, self._started)
 
 
 def default_timeout_s(config: ModelConfig) -> float | None:
@@ -114,11 +105,11 @@ class DataPlane:
         return self.repository.all_ready() and not self.shutting_down
 
     def model_metadata(self, name: str, version: str | None = None) -> dict:
-        return self.repository.ready_supervisor(name, version).metadata()
+        return self.repository.metadata(name, version)
 
     def model_ready(self, name: str, version: str | None = None) -> None:
         """Returns if the model serves; raises ModelNotFound / ModelNotReady otherwise."""
-        self.repository.ready_runner(name, version)
+        self.repository.check_ready(name, version)
 
     def index(self) -> list[dict]:
         return self.repository.index()

@@ -16,7 +16,6 @@ from typing import Any
 
 import orjson
 
-from hotswap.config import LOOPBACK_HOSTS, ServerConfig
 from hotswap.errors import (
     ClientClosed,
     ConfigError,
@@ -27,6 +26,7 @@ from hotswap.errors import (
     Unauthorized,
 )
 from hotswap.serve.openai_routes import is_openai_path, openai_error_body
+from hotswap.server_config import LOOPBACK_HOSTS, ServerConfig
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

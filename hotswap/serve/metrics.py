@@ -3,14 +3,28 @@
 Every model series carries `model`, `version`, `backend` and `device`, where backend and
 device come from the backend's own `describe()`: a model that swaps backend keeps its
 old series and starts new ones under the new labels.
+
+With `hotswap serve --workers N` (serve/workers.py) every worker runs with
+PROMETHEUS_MULTIPROC_DIR set before prometheus_client is imported: values live in that
+directory's files, and a scrape of any worker reads all of them (`WorkersRegistry`). Each
+gauge names how its per-worker values combine; none uses `set_function`, which that mode
+cannot export.
 """
 
 from __future__ import annotations
 
+import asyncio
+import os
+import time
 from collections import Counter as Tally
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics_core import Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from hotswap.errors import HotswapError
+from hotswap.serve.workers import MULTIPROC_ENV
 
 LABELS = ("model", "version", "backend", "device")
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
@@ -20,11 +34,34 @@ COSINE_BUCKETS = (0.0, 0.5, 0.9, 0.99, 0.999, 0.9999, 0.99999, 1.0)
 SHADOW_LABELS = ("model", "version", "shadow")
 
 
+class WorkersRegistry(CollectorRegistry):
+    """A worker's registry under `--workers N`: families register here as usual, but a scrape
+    exposes every worker's values, read from the multiprocess directory by a fresh registry and
+    `MultiProcessCollector` each time (values of workers that exited stay in counters and
+    histograms; live-only gauges drop them)."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = path
+        #: Called before each scrape: values this worker can only sample (device memory).
+        self.refreshers: list[Callable[[], None]] = []
+
+    def collect(self) -> Iterator[Metric]:
+        for refresh in list(self.refreshers):
+            refresh()
+        scrape = CollectorRegistry()
+        MultiProcessCollector(scrape, path=self.path)
+        yield from scrape.collect()
+
+
 class Metrics:
     """All of hotswap's metric families, registered on one registry."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self.registry = registry or CollectorRegistry()
+        path = os.environ.get(MULTIPROC_ENV)
+        #: The multiprocess registry when workers share the port; None: plain in-process values.
+        self.workers: WorkersRegistry | None = WorkersRegistry(path) if path and registry is None else None
+        self.registry = registry or self.workers or CollectorRegistry()
         r = self.registry
         self.request_success = Counter("hotswap_request_success", "Inference requests answered successfully",
                                        LABELS, registry=r)
@@ -33,7 +70,8 @@ class Metrics:
         self.inference_count = Counter("hotswap_inference_count", "Rows (batch items) inferred", LABELS, registry=r)
         self.execution_count = Counter("hotswap_execution_count", "Backend calls (batches) executed", LABELS,
                                        registry=r)
-        self.pending_requests = Gauge("hotswap_pending_requests", "Requests queued or running", LABELS, registry=r)
+        self.pending_requests = Gauge("hotswap_pending_requests", "Requests queued or running", LABELS, registry=r,
+                                      multiprocess_mode="livesum")
         self.request_duration = Histogram("hotswap_request_duration_seconds", "Request time inside the server",
                                           LABELS, buckets=LATENCY_BUCKETS, registry=r)
         self.queue_duration = Histogram("hotswap_queue_duration_seconds", "Time a request waited in the queue",
@@ -49,17 +87,25 @@ class Metrics:
                                                  buckets=LATENCY_BUCKETS, registry=r)
         self.batch_size = Histogram("hotswap_batch_size", "Rows per backend call", LABELS, buckets=BATCH_BUCKETS,
                                     registry=r)
+        # Gauges below, under --workers N: the slowest live worker's load; 1 if any live worker
+        # serves or skipped that entry; the device memory of all live workers together.
         self.model_load_seconds = Gauge("hotswap_model_load_seconds", "Seconds the last load took", LABELS,
-                                        registry=r)
+                                        registry=r, multiprocess_mode="livemax")
         self.backend_info = Gauge("hotswap_backend_info", "What really runs the model (from describe())",
-                                  (*LABELS, "providers", "precision", "runtime"), registry=r)
+                                  (*LABELS, "providers", "precision", "runtime"), registry=r,
+                                  multiprocess_mode="livemax")
         self.backend_selected = Gauge("hotswap_backend_selected", "1 for the chain entry serving the model",
-                                      (*LABELS, "position"), registry=r)
+                                      (*LABELS, "position"), registry=r, multiprocess_mode="livemax")
         self.backend_skipped = Gauge("hotswap_backend_skipped", "1 for each chain entry skipped at the last load",
-                                     ("model", "version", "position", "backend", "reason"), registry=r)
+                                     ("model", "version", "position", "backend", "reason"), registry=r,
+                                     multiprocess_mode="livemax")
         self.device_memory = Gauge("hotswap_device_memory_bytes", "Accelerator memory allocated by the backend",
-                                   LABELS, registry=r)
+                                   LABELS, registry=r, multiprocess_mode="livesum")
         self._resilience_families(r)
+        #: 1 once this worker listens (set by serve/workers.py); summed over live workers.
+        self.serving_workers = None if self.workers is None else Gauge(
+            "hotswap_workers", "Server processes listening on this port (--workers)", registry=r,
+            multiprocess_mode="livesum")
         # Live runners per backend_selected / backend_skipped child: a reload onto the same labels
         # must not be zeroed when the runner it replaces retires.
         self._held: Tally[tuple[Gauge, tuple[str, ...]]] = Tally()
@@ -100,6 +146,7 @@ class ModelSeries:
         self._metrics = metrics
         self._values = values
         self._held: list[tuple[Gauge, tuple[str, ...]]] = []
+        self._refresh: Callable[[], None] | None = None
         self.success = metrics.request_success.labels(*values)
         self.inference_count = metrics.inference_count.labels(*values)
         self.execution_count = metrics.execution_count.labels(*values)
@@ -115,6 +162,19 @@ class ModelSeries:
     def failure(self, reason: str) -> None:
         self._metrics.request_failure.labels(*self._values, reason).inc()
 
+    def outcome(self, exc: BaseException | None, started: float) -> None:
+        """Count one request: success and its time since `started` (perf_counter), or the failure
+        under the error's own reason (a client gone is `cancelled`, anything unforeseen `internal_error`)."""
+        if exc is None:
+            self.success.inc()
+            self.request_duration.observe(time.perf_counter() - started)
+        elif isinstance(exc, HotswapError):
+            self.failure(exc.reason)
+        elif isinstance(exc, (asyncio.CancelledError, GeneratorExit)):
+            self.failure("cancelled")
+        else:
+            self.failure("internal_error")
+
     def publish_backend(self, info: dict[str, str], position: int, skipped: list,
                         memory: Callable[[], int | None]) -> None:
         """Record what runs the model and which chain entries were passed over."""
@@ -125,7 +185,18 @@ class ModelSeries:
         model, version = self._values[0], self._values[1]
         for skip in skipped:
             self._hold(m.backend_skipped, (model, version, str(skip.position), skip.label, skip.reason[:200]))
-        m.device_memory.labels(*self._values).set_function(lambda: memory() or 0)
+        child = m.device_memory.labels(*self._values)
+        if m.workers is None:
+            child.set_function(lambda: memory() or 0)
+        else:  # set_function exports nothing across workers: sample now and at each scrape of this worker
+            def refresh() -> None:
+                try:
+                    child.set(memory() or 0)
+                except Exception:  # a closed backend: it holds nothing any more
+                    child.set(0)
+            refresh()
+            m.workers.refreshers.append(refresh)
+            self._refresh = refresh
 
     def _hold(self, gauge: Gauge, labels: tuple[str, ...]) -> None:
         self._held.append((gauge, labels))
@@ -139,3 +210,6 @@ class ModelSeries:
             if self._metrics.hold(gauge, labels, -1) <= 0:  # no newer runner holds the same labels
                 gauge.labels(*labels).set(0)
         self._held = []
+        workers = self._metrics.workers
+        if workers is not None and self._refresh in workers.refreshers:
+            workers.refreshers.remove(self._refresh)

@@ -12,6 +12,7 @@ import enum
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
@@ -22,6 +23,9 @@ from hotswap.models.sources import ARTIFACT_SUFFIXES, hotswap_home
 from hotswap.serve.metrics import Metrics
 from hotswap.serve.runner import ModelRunner
 from hotswap.serve.supervisor import ModelSupervisor
+
+if TYPE_CHECKING:  # imported when a generating model loads: it pulls in transformers
+    from hotswap.generate.service import GenerationService
 
 log = logging.getLogger("hotswap.repository")
 
@@ -45,6 +49,7 @@ class ModelSlot:
     supervisor: ModelSupervisor | None = None
     state: ModelState = ModelState.UNAVAILABLE
     reason: str = ""
+    generator: GenerationService | None = None  # instead of `supervisor` for a `generation:` model
 
     @property
     def runner(self) -> ModelRunner | None:
@@ -100,10 +105,38 @@ class ModelRepository:
         slot = self.slot(name)
         if version is not None and version != slot.config.version:
             raise ModelNotFound(f"model '{name}' has no version '{version}'; versions: {slot.config.version}")
+        if slot.config.generation is not None:
+            raise InvalidInput(f"model '{name}' generates text: use POST /v2/models/{name}/generate[_stream], "
+                               "/v1/chat/completions or /v1/completions")
         if slot.supervisor is None or slot.supervisor.active is None:
             detail = f": {slot.reason}" if slot.reason else ""
             raise ModelNotReady(f"model '{name}' is not ready (state {slot.state.value}){detail}")
         return slot.supervisor
+
+    def ready_generator(self, name: str, version: str | None = None) -> GenerationService:
+        """The service of generating model `name`, or 404 / 400 (not a generating model) / 503."""
+        slot = self.slot(name)
+        if version is not None and version != slot.config.version:
+            raise ModelNotFound(f"model '{name}' has no version '{version}'; versions: {slot.config.version}")
+        if slot.config.generation is None:
+            raise InvalidInput(f"model '{name}' does not generate text (its config has no `generation:` section)")
+        if slot.generator is None:
+            detail = f": {slot.reason}" if slot.reason else ""
+            raise ModelNotReady(f"model '{name}' is not ready (state {slot.state.value}){detail}")
+        return slot.generator
+
+    def metadata(self, name: str, version: str | None = None) -> dict:
+        """v2 model metadata of a ready model, generating or not."""
+        if self.slot(name).config.generation is not None:
+            return self.ready_generator(name, version).metadata()
+        return self.ready_supervisor(name, version).metadata()
+
+    def check_ready(self, name: str, version: str | None = None) -> None:
+        """Returns if the model serves; raises ModelNotFound / ModelNotReady otherwise."""
+        if self.slot(name).config.generation is not None:
+            self.ready_generator(name, version)
+        else:
+            self.ready_runner(name, version)
 
     def ready_runner(self, name: str, version: str | None = None) -> ModelRunner:
         """The runner serving `name` (and `version`) now, or 404 / 503."""
@@ -131,10 +164,13 @@ class ModelRepository:
         except ValidationError as exc:
             raise ConfigError(format_validation_error(exc, "load request", ("parameters", "config"))) from None
 
-    async def load(self, name: str, override: dict | None = None) -> ModelRunner:
+    async def load(self, name: str, override: dict | None = None) -> ModelRunner | None:
         """(Re)load `name`, optionally with config fields replaced; swap in when ready."""
         slot = self.slot(name)
         config = self._override(slot, override)
+        if config.generation is not None:
+            await self._load_generator(slot, config)
+            return None
         async with self._locks[name]:
             previous_state = slot.state
             if slot.supervisor is None:
@@ -155,12 +191,36 @@ class ModelRepository:
             await old.close(self._drain_timeout_s)
         return supervisor.serving()
 
+    async def _load_generator(self, slot: ModelSlot, config: ModelConfig) -> None:
+        """(Re)load a generating model: the new service starts before it replaces the old one."""
+        from hotswap.generate.service import GenerationService
+
+        async with self._locks[config.name]:
+            previous_state = slot.state
+            if slot.generator is None:
+                slot.state = ModelState.LOADING
+            service = GenerationService(config, self._registry, self._metrics, self._config_dir, self._progress)
+            try:
+                await service.start()
+            except Exception as exc:
+                await service.close()
+                slot.state, slot.reason = ((ModelState.UNAVAILABLE, str(exc)) if slot.generator is None
+                                           else (previous_state, slot.reason))
+                raise
+            old, slot.generator = slot.generator, service
+            slot.config, slot.state, slot.reason = config, ModelState.READY, ""
+        if old is not None:
+            await old.close(self._drain_timeout_s)
+
     async def unload(self, name: str) -> None:
         slot = self.slot(name)
         async with self._locks[name]:
             old, slot.supervisor, slot.state, slot.reason = slot.supervisor, None, ModelState.UNAVAILABLE, "unloaded"
+            generator, slot.generator = slot.generator, None
         if old is not None:
             await old.close(self._drain_timeout_s)
+        if generator is not None:
+            await generator.close(self._drain_timeout_s)
 
     async def close(self) -> None:
         await asyncio.gather(*(self.unload(name) for name in self.slots), return_exceptions=True)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from hotswap.config import LimitsConfig
 from hotswap.errors import InvalidInput, PayloadTooLarge
 from hotswap.models.signature import Tensors
+from hotswap.server_config import LimitsConfig
 
 
 def count_rows(inputs: Tensors) -> int:

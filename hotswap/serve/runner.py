@@ -17,7 +17,7 @@ from pathlib import Path
 
 from hotswap.backends.registry import BackendRegistry
 from hotswap.backends.selection import Selection, load_instance, select_backend
-from hotswap.config import LimitsConfig, ModelConfig
+from hotswap.config import ModelConfig
 from hotswap.errors import BackendError
 from hotswap.models.pipeline import Pipeline, StageTimes
 from hotswap.models.signature import Signature, Tensors
@@ -26,6 +26,7 @@ from hotswap.serve.batch import Batch
 from hotswap.serve.batcher import DynamicBatcher, PendingRequest
 from hotswap.serve.metrics import Metrics, ModelSeries
 from hotswap.serve.request_checks import check_limits, count_rows
+from hotswap.server_config import LimitsConfig
 
 log = logging.getLogger("hotswap.runner")
 

@@ -118,6 +118,9 @@ def uvicorn_config(app: object, server: ServerConfig, **overrides: object) -> uv
         "timeout_keep_alive": server.limits.keep_alive_s, "limit_concurrency": server.limits.max_concurrency,
         # Bounds one request's headers (h11) before the app sees them.
         "h11_max_incomplete_event_size": 64 * 1024,
+        # Nothing in hotswap reads the client address (no access log; the Host check reads Host),
+        # so X-Forwarded-* rewriting would be one more layer on every request for nothing.
+        "proxy_headers": False,
     }
     return uvicorn.Config(app, **(settings | overrides))  # type: ignore[arg-type]
 

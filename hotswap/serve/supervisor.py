@@ -26,13 +26,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from hotswap.backends.registry import BackendRegistry
-from hotswap.config import LimitsConfig, ModelConfig
+from hotswap.config import ModelConfig
 from hotswap.errors import BackendError, ModelNotReady, Rerouted
 from hotswap.models.signature import Tensors
 from hotswap.serve.metrics import Metrics
 from hotswap.serve.recovery import SwitchLog, probe_parity
 from hotswap.serve.runner import BatchOutcome, ModelRunner
 from hotswap.serve.shadow import ShadowParity
+from hotswap.server_config import LimitsConfig
 
 log = logging.getLogger("hotswap.supervisor")
 

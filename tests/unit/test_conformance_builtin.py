@@ -114,3 +114,19 @@ def test_threads_per_instance(monkeypatch):
     assert [threads_per_instance(n) for n in (1, 3, 16, 64)] == [16, 5, 1, 1]
     monkeypatch.setattr(base.os, "cpu_count", lambda: None)
     assert threads_per_instance(2) == 1
+
+
+def test_worker_processes_split_the_cores_too(monkeypatch):
+    """Under `serve --workers N` each worker's instances get their share of the cores, not all of them."""
+    from hotswap.backends.base import CPU_SHARERS_ENV
+    from hotswap.backends.onnxruntime_backend import OnnxRuntimeBackend, OnnxRuntimeOptions
+    from hotswap.backends.torch_backend import TorchBackend, TorchOptions
+
+    monkeypatch.setattr(base.os, "cpu_count", lambda: 16)
+    assert OnnxRuntimeBackend.tune_for_instances(OnnxRuntimeOptions(), 1).intra_op_threads is None
+    monkeypatch.setenv(CPU_SHARERS_ENV, "4")
+    assert threads_per_instance(1) == 4 and threads_per_instance(2) == 2
+    assert OnnxRuntimeBackend.tune_for_instances(OnnxRuntimeOptions(), 1).intra_op_threads == 4
+    assert TorchBackend.tune_for_instances(TorchOptions(), 1).threads == 4
+    monkeypatch.setenv(CPU_SHARERS_ENV, "not a number")
+    assert threads_per_instance(1) == 16

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from hotswap.backends.base import Backend, BackendOptions, threads_per_instance
+from hotswap.backends.base import Backend, BackendOptions, cpu_sharers, threads_per_instance
 from hotswap.errors import BackendUnavailable
 from hotswap.models.signature import Signature, Tensors, TensorSpec
 
@@ -157,7 +157,7 @@ class OpenVINOBackend(Backend[OpenVINOOptions]):
     @classmethod
     def tune_for_instances(cls, options: OpenVINOOptions, instances: int) -> OpenVINOOptions:
         # N compiled models each sized to every core would oversubscribe the CPU N times over.
-        if instances > 1 and options.inference_num_threads is None and _same_device("CPU", options.device):
+        if cpu_sharers(instances) > 1 and options.inference_num_threads is None and _same_device("CPU", options.device):
             return options.model_copy(update={"inference_num_threads": threads_per_instance(instances)})
         return options
 
