@@ -171,9 +171,11 @@ def parse_hey(text: str) -> dict:
 
 
 def run_hey(url: str, body_file: Path, concurrency: int, seconds: float, cpus: str | None,
-            server_pid: int | None = None) -> dict:
+            server_pid: int | None = None, content_type: str = "application/json",
+            headers: dict[str, str] | None = None) -> dict:
     """One hey run; adds CPU use of hey, of the server tree and of everything else."""
-    cmd = ["hey", "-z", f"{seconds:g}s", "-c", str(concurrency), "-m", "POST", "-T", "application/json",
+    extra = [arg for k, v in (headers or {}).items() for arg in ("-H", f"{k}: {v}")]
+    cmd = ["hey", "-z", f"{seconds:g}s", "-c", str(concurrency), "-m", "POST", "-T", content_type, *extra,
            "-D", str(body_file), "-disable-compression", "-t", "60", url]
     if cpus:  # pin hey, and size its Go scheduler to the cores it may use
         cmd = ["taskset", "-c", cpus, "hey", "-cpus", str(len(cpus.split(","))), *cmd[1:]]
@@ -189,7 +191,7 @@ def run_hey(url: str, body_file: Path, concurrency: int, seconds: float, cpus: s
     res = parse_hey(out.stdout)
     wall = t1 - t0
     hey_cpu = (after.ru_utime + after.ru_stime - before_children.ru_utime - before_children.ru_stime) / wall
-    res.update(concurrency=concurrency, seconds=seconds, hey_cpu=hey_cpu,
+    res.update(concurrency=concurrency, seconds=seconds, wall_s=wall, hey_cpu=hey_cpu,
                server_cpu=(srv1 - srv0) / wall, total_cpu=(b1 - b0) / wall)
     res["background_cpu"] = max(0.0, res["total_cpu"] - res["server_cpu"] - hey_cpu) if server_pid else None
     return res

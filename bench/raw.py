@@ -41,9 +41,9 @@ def _cpu_self() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def measure(model: MiniLM, batch: int, seconds: float, warmup_s: float) -> dict:
-    """Back-to-back batches of `batch` copies of SENTENCE for `seconds`."""
-    texts = [SENTENCE] * batch
+def measure(model: MiniLM, batch: int, seconds: float, warmup_s: float, text: str = SENTENCE) -> dict:
+    """Back-to-back batches of `batch` copies of `text` (default SENTENCE) for `seconds`."""
+    texts = [text] * batch
     end = time.perf_counter() + warmup_s
     while time.perf_counter() < end:
         model.embed(texts)

@@ -52,9 +52,10 @@ def hotswap(tmp: Path, logs: Path, sentence: str, max_batch: int, delay_ms: floa
 
 
 def litserve(python: Path, logs: Path, model_dir: Path, sentence: str, max_batch: int, delay_ms: float,
-             cpus: str | None) -> Target:
+             cpus: str | None, script: str = "litserve_server.py") -> Target:
+    """`script` (in bench/peers) takes --model-dir, --port, --max-batch-size and --batch-timeout."""
     port = free_port()
-    cmd = [str(python), str(PEERS / "litserve_server.py"), "--model-dir", str(model_dir), "--port", str(port),
+    cmd = [str(python), str(PEERS / script), "--model-dir", str(model_dir), "--port", str(port),
            "--max-batch-size", str(max_batch), "--batch-timeout", str(delay_ms / 1000)]
     env = {**os.environ, "LITSERVE_TELEMETRY": "0", "PYTHONUNBUFFERED": "1"}
     server = Server("litserve", cmd, f"http://127.0.0.1:{port}/health", logs / f"litserve-b{max_batch}.log",
@@ -64,24 +65,26 @@ def litserve(python: Path, logs: Path, model_dir: Path, sentence: str, max_batch
 
 
 def mlserver(python: Path, tmp: Path, logs: Path, model_dir: Path, sentence: str, max_batch: int,
-             delay_ms: float, cpus: str | None) -> Target:
+             delay_ms: float, cpus: str | None, model: str = "minilm",
+             implementation: str = "mlserver_model.MiniLMRuntime") -> Target:
+    """`implementation` is a runtime class in bench/peers; `model_dir` becomes parameters.uri."""
     port, grpc, metrics = free_port(), free_port(), free_port()
     root = tmp / f"mlserver-b{max_batch}"
-    (root / "minilm").mkdir(parents=True, exist_ok=True)
+    (root / model).mkdir(parents=True, exist_ok=True)
     settings = {"host": "127.0.0.1", "http_port": port, "grpc_port": grpc, "metrics_port": metrics,
                 "debug": False, "load_models_at_startup": True}
-    model_settings = {"name": "minilm", "implementation": "mlserver_model.MiniLMRuntime",
+    model_settings = {"name": model, "implementation": implementation,
                       "max_batch_size": max_batch if max_batch > 1 else 0,
                       "max_batch_time": delay_ms / 1000 if max_batch > 1 else 0.0,
                       "parameters": {"uri": str(model_dir)}}
     (root / "settings.json").write_text(json.dumps(settings, indent=2))
-    (root / "minilm" / "model-settings.json").write_text(json.dumps(model_settings, indent=2))
+    (root / model / "model-settings.json").write_text(json.dumps(model_settings, indent=2))
     env = {**os.environ, "PYTHONPATH": str(PEERS), "PYTHONUNBUFFERED": "1"}
     mlserver_bin = python.parent / "mlserver"
     server = Server("mlserver", [str(mlserver_bin), "start", str(root)],
-                    f"http://127.0.0.1:{port}/v2/models/minilm/ready", logs / f"mlserver-b{max_batch}.log",
+                    f"http://127.0.0.1:{port}/v2/models/{model}/ready", logs / f"mlserver-b{max_batch}.log",
                     env=env, cwd=root, cpus=cpus)
-    return Target(server, f"http://127.0.0.1:{port}/v2/models/minilm/infer", _v2_body(sentence, True),
+    return Target(server, f"http://127.0.0.1:{port}/v2/models/{model}/infer", _v2_body(sentence, True),
                   _v2_embedding)
 
 
