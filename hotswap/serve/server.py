@@ -121,6 +121,8 @@ def uvicorn_config(app: object, server: ServerConfig, **overrides: object) -> uv
         # Nothing in hotswap reads the client address (no access log; the Host check reads Host),
         # so X-Forwarded-* rewriting would be one more layer on every request for nothing.
         "proxy_headers": False,
+        # Said, not guessed: uvicorn's guess inspects __call__, which wrappers (mutmut's) can hide.
+        "interface": "asgi3",
     }
     return uvicorn.Config(app, **(settings | overrides))  # type: ignore[arg-type]
 

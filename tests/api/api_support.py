@@ -58,7 +58,7 @@ def running_server(app, http: type | str = "auto") -> Iterator[LiveServer]:
     HTTP protocol (hotswap's own, from hotswap.serve.server.uvicorn_config, or uvicorn's)."""
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on",
-                                           timeout_graceful_shutdown=10, http=http))
+                                           timeout_graceful_shutdown=10, http=http, interface="asgi3"))
     exited: list[BaseException] = []
 
     def run() -> None:
