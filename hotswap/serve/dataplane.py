@@ -12,10 +12,12 @@ from __future__ import annotations
 import time
 from types import TracebackType
 
+from starlette.types import Receive, Scope
+
 from hotswap.config import ModelConfig
 from hotswap.errors import Forbidden, ShuttingDown
 from hotswap.models.signature import Tensors
-from hotswap.serve.disconnect import Receive, Scope, cancel_on_disconnect
+from hotswap.serve.disconnect import cancel_on_disconnect
 from hotswap.serve.metrics import Metrics
 from hotswap.serve.repository import ModelRepository
 from hotswap.serve.runner import ModelRunner

@@ -11,14 +11,12 @@ so it is the fallback, not the rule.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+
+from starlette.types import Receive, Scope
 
 from hotswap.errors import ClientClosed
-
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Scope = MutableMapping[str, Any]
 
 EXTENSION = "hotswap.disconnect"
 GONE = "the client disconnected before its answer was ready"

@@ -10,11 +10,10 @@ import asyncio
 import hmac
 import logging
 import os
-from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
-from typing import Any
 
 import orjson
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hotswap.errors import (
     ClientClosed,
@@ -27,12 +26,6 @@ from hotswap.errors import (
 )
 from hotswap.serve.openai_routes import is_openai_path, openai_error_body
 from hotswap.server_config import LOOPBACK_HOSTS, ServerConfig
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 log = logging.getLogger("hotswap.guard")
 

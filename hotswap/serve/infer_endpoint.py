@@ -11,20 +11,13 @@ Its OpenAPI operation is described in hotswap.serve.schemas.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
 
 import orjson
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from hotswap.errors import ClientClosed, HotswapError, InvalidInput
 from hotswap.serve.codec import decode_infer_request, encode_infer_response
 from hotswap.serve.dataplane import DataPlane
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 log = logging.getLogger("hotswap.infer")
 
