@@ -13,7 +13,7 @@ an oversized element, deep nesting, a wrong token, bad JSON). Meanwhile it swaps
 A request is *lost* when its answer is not the one intended: 200 for valid requests (503 with
 Retry-After is allowed while the queue is full), the designed 4xx for hostile ones; a
 connection error or a 5xx is lost too. Reports lost requests, the server's RSS at start
-(after 500 warm-up requests), peak and end (2 s after the last answer), and p50/p99 of the
+(after 500 warm-up requests, at rest), peak and end (5 s after the last answer, at rest), and p50/p99 of the
 valid requests; writes bench/results/soak-<date>.json. Start is measured after one swap round
 trip (onnxruntime -> torch -> onnxruntime) in the warm-up, so loading torch's runtime, which
 stays mapped once loaded, is not counted as growth; the RSS before any swap is reported too.
@@ -217,6 +217,7 @@ def main() -> None:
             # cost, not a leak): start is measured once both runtimes have been loaded.
             asyncio.run(round_trip(base))
             asyncio.run(drive(base, warm, max_body))
+        time.sleep(5)  # at rest, as end is
         start_rss = watcher.rss()
         watcher.start()
         started = time.perf_counter()
@@ -224,7 +225,7 @@ def main() -> None:
             results, swaps = asyncio.run(drive(base, args, max_body))
         finally:
             wall = time.perf_counter() - started
-            time.sleep(2)
+            time.sleep(5)  # at rest: the server trims its heap after an idle second (server.memory_trim)
             end_rss = watcher.rss()
             watcher.stop.set()
             server.stop()

@@ -50,6 +50,10 @@ class BatchingConfig(StrictModel):
                                  "in more requests (low load); false waits the full delay every time, as Triton.")
     max_queue_size: int = Field(1024, ge=1, le=65_536, description="Most queued requests; more are answered "
                                 "503 with Retry-After.")
+    inline_max_us: int = Field(200, ge=0, le=100_000, description="A backend call that recently took under this "
+                               "many microseconds runs on the event loop's thread instead of the instance's: the "
+                               "thread hop costs more than such a call (only backends that declare inline_safe; "
+                               "0: always the instance's thread).")
     timeout_ms: float | None = Field(None, gt=0, le=3_600_000, description="Default request deadline while "
                                      "queued, in ms (a request's own `parameters.timeout`, in microseconds as "
                                      "in Triton, overrides it); expired requests get 504.")

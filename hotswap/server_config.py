@@ -60,6 +60,17 @@ class LimitsConfig(StrictModel):
                                     "arrive within this (a silent or slowly dripping client) is closed.")
 
 
+class MemoryTrimConfig(StrictModel):
+    """Giving freed heap memory back to the OS (glibc `malloc_trim`) once the server goes idle: after a
+    burst of large batches or a swap, the process shrinks back instead of holding its peak."""
+
+    enabled: bool = Field(True, description="Trim when idle (only where the C library has malloc_trim).")
+    idle_s: float = Field(1.0, ge=0.05, le=3600, description="How often the process is looked at; it trims "
+                          "after an interval in which it used under 10 % of one core.")
+    min_growth_mib: int = Field(32, ge=0, le=2**20, description="Trim only when the resident size grew by at "
+                                "least this since the last trim.")
+
+
 class ServerConfig(StrictModel):
     """Where the HTTP server listens, who may call it, and what one request may cost."""
 
@@ -79,6 +90,7 @@ class ServerConfig(StrictModel):
     model_roots: list[Path] | None = Field(None, max_length=64, description="Folders model files may come from; "
                                            "default: the config file's folder and the hotswap cache.")
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    memory_trim: MemoryTrimConfig = Field(default_factory=MemoryTrimConfig)
     workers: int = Field(1, ge=1, le=MAX_WORKERS, description="Server processes sharing the port, each with its "
                          "own copy of every model; /metrics adds up all of them. 1: one process, no "
                          "multiprocess metrics. More than 1 refuses model_control: explicit (a load would "

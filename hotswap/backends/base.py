@@ -63,7 +63,8 @@ def threads_per_instance(instances: int) -> int:
 
 
 class Backend(ABC, Generic[OptionsT]):
-    """One loaded model on one device. Synchronous; one worker thread per instance.
+    """One loaded model on one device. Synchronous; one worker thread per instance (calls shorter
+    than the thread hop may run on the event loop's thread instead, if `inline_safe`).
 
     Subclass it as `Backend[MyOptions]` so `probe`, `_load` and `tune_for_instances` take
     `MyOptions`; a plain `Backend` subclass takes any options.
@@ -75,6 +76,11 @@ class Backend(ABC, Generic[OptionsT]):
     Options: ClassVar[type[BackendOptions]] = BackendOptions
     #: Artifact file suffixes this backend can load, most preferred first (".onnx", ".pt").
     formats: ClassVar[tuple[str, ...]] = ()
+
+    #: `run` may be called from the server's event-loop thread as well as the instance's own (no
+    #: per-thread state such as a device context): a fast call then skips the thread hop
+    #: (`batching.inline_max_us`).
+    inline_safe: ClassVar[bool] = False
 
     #: What the loaded model serves; None until `load` succeeds.
     signature: Signature | None = None

@@ -138,6 +138,7 @@ class OnnxRuntimeBackend(Backend[OnnxRuntimeOptions]):
     name = "onnxruntime"
     Options = OnnxRuntimeOptions
     formats = (".onnx",)
+    inline_safe = True  # InferenceSession.run is thread-safe and keeps no per-thread state
 
     def __init__(self) -> None:
         self._session: Any = None  # an InferenceSession; onnxruntime is imported lazily, in the worker thread

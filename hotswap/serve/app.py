@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -21,6 +22,7 @@ from hotswap.serve.dataplane import DataPlane
 from hotswap.serve.generate_routes import install as install_generate
 from hotswap.serve.guard import Guard, check_exposure
 from hotswap.serve.infer_endpoint import InferEndpoint
+from hotswap.serve.memory import MemoryTrimmer
 from hotswap.serve.metrics import Metrics
 from hotswap.serve.openai_chat_routes import install as install_openai_chat
 from hotswap.serve.openai_routes import install as install_openai
@@ -69,9 +71,11 @@ def create_app(config: HotswapConfig, registry: BackendRegistry | None = None,
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await plane.repository.load_all()
+        trimmer = asyncio.create_task(MemoryTrimmer(config.server.memory_trim, on_trim=metrics.trimmed).run())
         try:
             yield
         finally:
+            trimmer.cancel()
             await plane.close()
 
     app = HotswapAPI(title="hotswap", version=__version__, lifespan=lifespan, redoc_url=None)

@@ -102,6 +102,9 @@ class Metrics:
         self.device_memory = Gauge("hotswap_device_memory_bytes", "Accelerator memory allocated by the backend",
                                    LABELS, registry=r, multiprocess_mode="livesum")
         self._resilience_families(r)
+        self.memory_trims = Counter("hotswap_memory_trims", "Idle heap trims (server.memory_trim)", registry=r)
+        self.memory_trimmed = Counter("hotswap_memory_trimmed_bytes", "Resident memory idle heap trims gave back "
+                                      "to the OS", registry=r)
         #: 1 once this worker listens (set by serve/workers.py); summed over live workers.
         self.serving_workers = None if self.workers is None else Gauge(
             "hotswap_workers", "Server processes listening on this port (--workers)", registry=r,
@@ -128,6 +131,11 @@ class Metrics:
                                        SHADOW_LABELS, buckets=COSINE_BUCKETS, registry=r)
         self.shadow_duration = Histogram("hotswap_shadow_duration_seconds", "Shadow backend time per batch",
                                          SHADOW_LABELS, buckets=LATENCY_BUCKETS, registry=r)
+
+    def trimmed(self, released: int) -> None:
+        """One idle heap trim gave back `released` resident bytes (negative: none)."""
+        self.memory_trims.inc()
+        self.memory_trimmed.inc(max(released, 0))
 
     def hold(self, gauge: Gauge, labels: tuple[str, ...], change: int) -> int:
         """Count live runners holding one gauge child; returns how many hold it now."""

@@ -24,6 +24,7 @@ from hotswap.models.signature import Signature, Tensors
 from hotswap.models.sources import ModelSource, resolve_source
 from hotswap.serve.batch import Batch
 from hotswap.serve.batcher import DynamicBatcher, PendingRequest
+from hotswap.serve.inline import InlinePolicy
 from hotswap.serve.metrics import Metrics, ModelSeries
 from hotswap.serve.request_checks import check_limits, count_rows
 from hotswap.server_config import LimitsConfig
@@ -86,6 +87,7 @@ class ModelRunner:
         self.load_seconds = 0.0
         self._series: ModelSeries | None = None
         self._batcher: DynamicBatcher | None = None
+        self._inline = InlinePolicy(0, 0, False)
         self._waiting: set[PendingRequest] = set()  # submitted, not answered: what a drain deadline answers
 
     # -- lifecycle -------------------------------------------------------------------
@@ -109,6 +111,8 @@ class ModelRunner:
         self._make_series()
         if publish:
             self.publish()
+        self._inline = InlinePolicy(cfg.batching.inline_max_us, len(self._pipelines),
+                                    self.selected.backend_cls.inline_safe and self._batch_timeout_s is None)
         self._batcher = DynamicBatcher(cfg.batching, self._run_batch, len(self._pipelines))
         self._batcher.start()
         log.info("model %s ready on %s #%d (%s) in %.2fs", cfg.name, self.selected.label, self.selected.position,
@@ -223,13 +227,20 @@ class ModelRunner:
                 request.future.set_exception(error)
 
     async def _compute(self, index: int, inputs: Tensors) -> tuple[Tensors, StageTimes]:
-        """Run one batch on instance `index`'s thread, within the batch timeout if there is one."""
+        """Run one batch on instance `index`'s thread (inline if that is cheaper: serve/inline.py),
+        within the batch timeout if there is one."""
         if index in self._stuck:
             raise BatchHung(f"instance {index} of '{self.selected.label}' is abandoned: an earlier batch hung")
-        future = asyncio.get_running_loop().run_in_executor(self._executors[index], self._pipelines[index].run,
-                                                            inputs)
+        pipeline = self._pipelines[index]
+        if self._inline.inline(index):
+            done = pipeline.run(inputs)
+            self._inline.observe(index, done[1])
+            return done
+        future = asyncio.get_running_loop().run_in_executor(self._executors[index], pipeline.run, inputs)
         if self._batch_timeout_s is None:
-            return await future
+            done = await future
+            self._inline.observe(index, done[1])
+            return done
         try:
             return await asyncio.wait_for(future, self._batch_timeout_s)
         except TimeoutError:

@@ -122,3 +122,61 @@ def test_lifespan_shutdown_drains_queue_and_closes_every_backend(tiny: TinyModel
     assert [ref() for ref in sessions] == [None, None], "an onnxruntime session outlived shutdown"
     assert plane.repository.runners() == [] and plane.shutting_down
 
+
+
+class ThreadRecordingOnnxRuntime(OnnxRuntimeBackend):
+    """The real onnxruntime backend, noting which thread ran each call."""
+
+    name = "onnxruntime"
+    threads: list[str] = []
+
+    def run(self, inputs):
+        self.threads.append(threading.current_thread().name)
+        return super().run(inputs)
+
+
+def calls_threads(tiny: TinyModels, batching: dict, failover: dict | None = None, calls: int = 6) -> list[str]:
+    ThreadRecordingOnnxRuntime.threads = []
+    registry = BackendRegistry(available={"onnxruntime": ThreadRecordingOnnxRuntime})
+    extra = {"failover": failover} if failover else {}
+    config = ModelConfig(name="tiny", source=str(tiny.onnx), backends=[{"name": "onnxruntime"}],
+                         batching=batching, **extra)
+
+    async def scenario() -> None:
+        runner = ModelRunner(config, registry, Metrics())
+        await runner.start()
+        try:
+            for seed in range(calls):
+                x = rows(2, seed)
+                answer = await runner.infer({"x": x}, None)
+                np.testing.assert_allclose(answer["y"], tiny.reference({"x": x})["y"], atol=1e-5, rtol=0)
+        finally:
+            await runner.close()
+
+    run(scenario())
+    return ThreadRecordingOnnxRuntime.threads
+
+
+def test_a_fast_call_moves_onto_the_event_loop_thread_after_its_first_measured_run(tiny: TinyModels):
+    threads = calls_threads(tiny, {"max_batch_size": 1, "inline_max_us": 100_000})
+    assert threads[0].startswith("hotswap-tiny-"), "the first call is measured on the instance's thread"
+    assert threads[1:] == ["MainThread"] * 5
+
+
+def test_a_call_slower_than_inline_max_stays_on_the_instance_thread(tiny: TinyModels):
+    threads = calls_threads(tiny, {"max_batch_size": 1, "inline_max_us": 0})
+    assert len(threads) == 6 and all(name.startswith("hotswap-tiny-") for name in threads)
+
+
+def test_a_failover_batch_timeout_keeps_calls_on_the_abandonable_thread(tiny: TinyModels):
+    threads = calls_threads(tiny, {"max_batch_size": 1, "inline_max_us": 100_000}, {"batch_timeout_ms": 10_000})
+    assert len(threads) == 6 and all(name.startswith("hotswap-tiny-") for name in threads)
+
+
+def test_backends_not_declared_inline_safe_never_run_inline(tiny: TinyModels):
+    ThreadRecordingOnnxRuntime.inline_safe = False
+    try:
+        threads = calls_threads(tiny, {"max_batch_size": 1, "inline_max_us": 100_000})
+    finally:
+        del ThreadRecordingOnnxRuntime.inline_safe
+    assert len(threads) == 6 and all(name.startswith("hotswap-tiny-") for name in threads)
