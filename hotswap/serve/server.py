@@ -13,8 +13,12 @@ import signal
 import socket
 from types import FrameType
 
+import orjson
 import uvicorn
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from starlette.types import Receive, Scope, Send
+from uvicorn._types import ASGI3Application
+from uvicorn.protocols.http.flow_control import service_unavailable
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from hotswap.config import ServerConfig
 from hotswap.serve.dataplane import DataPlane
@@ -58,12 +62,33 @@ class OneWriteResponses:
         return self._transport.is_closing()
 
 
+def over_capacity(limit: int) -> ASGI3Application:
+    """The answer to a request beyond `server.limits.max_concurrency`: hotswap's 503 JSON with
+    Retry-After, not uvicorn's plain-text one, so clients parse it like any other refusal."""
+    body = orjson.dumps({"error": f"the server is at its concurrency limit (server.limits.max_concurrency="
+                                  f"{limit} connections and requests at once); retry"})
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+               (b"retry-after", b"1"), (b"connection", b"close")]
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 503, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    return app  # type: ignore[return-value]
+
+
 class HeaderDeadlineProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, but a connection whose request headers do not arrive within
     `header_timeout_s` is closed: silent sockets and slowly dripped headers cannot pile up
-    (uvicorn's own keep-alive timeout only covers the idle time between requests)."""
+    (uvicorn's own keep-alive timeout only covers the idle time between requests); and a request
+    over the concurrency limit gets hotswap's JSON 503."""
 
     header_timeout_s = 10.0
+    over_capacity = staticmethod(service_unavailable)
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
+        # uvicorn picks its plain-text service_unavailable when over limit_concurrency.
+        super()._start_asgi_task(cycle, self.over_capacity if app is service_unavailable else app)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -110,7 +135,8 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
 def uvicorn_config(app: object, server: ServerConfig, **overrides: object) -> uvicorn.Config:
     """uvicorn settings from `server`: bind address, keep-alive, concurrency, header and drain bounds."""
     protocol = type("HotswapHttpProtocol", (HeaderDeadlineProtocol,),
-                    {"header_timeout_s": server.limits.header_timeout_s})
+                    {"header_timeout_s": server.limits.header_timeout_s,
+                     "over_capacity": staticmethod(over_capacity(server.limits.max_concurrency))})
     settings: dict = {
         "http": protocol,
         "host": server.host, "port": server.port, "log_level": server.log_level, "log_config": None,

@@ -101,6 +101,9 @@ def test_connections_over_max_concurrency_get_503(registry, tiny, tmp_path_facto
             time.sleep(0.2)
             response = httpx.get(f"http://127.0.0.1:{p}/v2/health/live", timeout=10)
             assert response.status_code == 503
+            assert response.headers["retry-after"] == "1"
+            assert response.json() == {"error": "the server is at its concurrency limit (server.limits."
+                                                "max_concurrency=2 connections and requests at once); retry"}
         finally:
             for sock in held:
                 sock.close()
