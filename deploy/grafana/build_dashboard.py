@@ -1,10 +1,11 @@
 """Writes hotswap-dashboard.json (Grafana, Prometheus data source): `python build_dashboard.py`.
 
 The JSON is generated so that every query is written once here, in PromQL over the families of
-hotswap/serve/metrics.py and serve/openai_routes.py; tests/deploy/test_grafana_dashboard.py
-checks that the file is this script's output and that a running server exports every name.
+hotswap/serve/metrics.py, serve/openai_routes.py and generate/metrics.py; tests/deploy/test_grafana_dashboard.py
+checks that the file is this script's output and that a running server exports every name
+(tests/generate/test_dashboard.py does it for the text-generation row, on a generating server).
 Rows: traffic and latency per model and backend/device, batching and queueing, what runs
-(selected and skipped chain entries, device memory), failover, shadow parity.
+(selected and skipped chain entries, device memory), failover, shadow parity, text generation.
 """
 
 from __future__ import annotations
@@ -107,6 +108,35 @@ RESILIENCE = [
           "Worst differences between the serving backend and the shadow."),
 ]
 
+GENERATION = [
+    panel("Time to first token p50 / p99",
+          [(quantile(0.5, "hotswap_generate_time_to_first_token_seconds"), "p50 {{model}} {{device}}"),
+           (quantile(0.99, "hotswap_generate_time_to_first_token_seconds"), "p99 {{model}} {{device}}")], "s",
+          "From a request's submission to its first generated token: waiting for a slot, then the prefill."),
+    panel("Inter-token latency p50 / p99",
+          [(quantile(0.5, "hotswap_generate_inter_token_latency_seconds"), "p50 {{model}} {{device}}"),
+           (quantile(0.99, "hotswap_generate_inter_token_latency_seconds"), "p99 {{model}} {{device}}")], "s",
+          "Time between a sequence's consecutive tokens: one engine step (decode and any prefill chunk fused in)."),
+    panel("Tokens/s", [(f"sum by ({BY}) (rate(hotswap_generate_tokens_total{{{SEL}}}[{RATE}]))",
+                        "generated {{model}} {{device}}"),
+                       (f"sum by ({BY}) (rate(hotswap_generate_prompt_tokens_total{{{SEL}}}[{RATE}]))",
+                        "prompt {{model}} {{device}}")], "short",
+          "Tokens generated (all sequences) and prompt tokens submitted, per second."),
+    panel("Running and waiting sequences",
+          [(f"sum by ({BY}) (hotswap_generate_running_sequences{{{SEL}}})", "running {{model}} {{device}}"),
+           (f"sum by ({BY}) (hotswap_generate_waiting_sequences{{{SEL}}})", "waiting {{model}} {{device}}"),
+           (f"sum by ({BY}) (rate(hotswap_generate_cancelled_total{{{SEL}}}[{RATE}]))",
+            "cancelled/s {{model}} {{device}}")], "short",
+          "Sequences in the decode batch, waiting for a slot or in prefill, and clients that went away."),
+    panel("KV cache use", [(f"max by ({BY}) (hotswap_generate_kv_cache_usage_ratio{{{SEL}}})",
+                            "{{model}} {{device}}")], "percentunit",
+          "KV token slots held (padding included) over generation.max_kv_tokens."),
+    panel("KV cache size", [(f"sum by ({BY}) (hotswap_generate_kv_cache_bytes{{{SEL}}})", "bytes {{model}} {{device}}"),
+                            (f"sum by ({BY}) (hotswap_generate_kv_cache_tokens{{{SEL}}})",
+                             "token slots {{model}} {{device}}")], "short",
+          "Bytes of the cache's key and value tensors, and the token slots they hold (rows x columns)."),
+]
+
 
 def variable(name: str, query: str) -> dict:
     return {"name": name, "label": name, "type": "query", "datasource": DS, "query": {"query": query, "refId": name},
@@ -118,7 +148,7 @@ def dashboard() -> dict:
     panels: list[dict] = []
     y = 0
     for title, row in [("Traffic", TRAFFIC), ("Batching and queueing", BATCHING), ("What runs where", HARDWARE),
-                       ("Failover and shadow parity", RESILIENCE)]:
+                       ("Failover and shadow parity", RESILIENCE), ("Text generation", GENERATION)]:
         panels.append({"type": "row", "title": title, "collapsed": False, "panels": [],
                        "gridPos": {"h": 1, "w": 24, "x": 0, "y": y}})
         y += 1

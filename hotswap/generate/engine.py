@@ -8,14 +8,16 @@ Every step (iteration-level scheduling, as in Orca and vLLM):
    running batch has a free slot (`max_sequences`), the KV bound holds with every sequence run
    to its `max_tokens` (`max_kv_tokens`), and their padded prompts fit `prefill_chunk_tokens`
    (generate/scheduler.py);
-3. one prefill chunk runs (a prompt longer than the budget is read over several steps), and
-   when its prompts are read, their first tokens are chosen and they join the running batch;
-4. one decode step runs for the running batch: one token for every sequence; finished ones
-   (stop token, stop string, max_tokens) leave.
+3. one forward (generate/fused.py) gives every running sequence its next token and reads the
+   next prefill chunk (a prompt longer than the budget is read over several steps); finished
+   sequences (stop token, stop string, max_tokens) leave, and when the admitted prompts are
+   read, their first tokens are chosen and they join the running batch.
 
-So a long prompt delays running streams by at most one chunk per step. Tokens go out through
-`emit` once per step, first tokens right after their prefill (the service hands each batch of
-events to asyncio with one call_soon_threadsafe).
+Decode and prefill share the forward because a forward's cost is mostly reading the weights:
+a prefill forward of its own made each step that admits someone about 1.6x as long, for the
+streams already running and for the first token alike. A long prompt delays running streams by
+at most one chunk per step. Tokens go out through `emit` once per step (the service hands each
+batch of events to asyncio with one call_soon_threadsafe).
 The thread owns the model and the cache; other threads only `submit` and `cancel`.
 """
 
@@ -31,6 +33,7 @@ from typing import Any
 import torch
 
 from hotswap.errors import BackendError, InvalidInput, QueueFull, ShuttingDown
+from hotswap.generate.fused import fused_forward, use_packed_attention
 from hotswap.generate.kvcache import PaddedBatch, PrefixCache, left_padded
 from hotswap.generate.options import GenerationConfig
 from hotswap.generate.sampling import choose
@@ -49,6 +52,7 @@ class GenerationEngine:
     def __init__(self, model: Any, tokenizer: Any, device: torch.device, config: GenerationConfig,
                  eos_ids: frozenset[int], pad_id: int, emit: Emit, observer: Observer | None = None) -> None:
         self.model, self.tokenizer, self.device, self.config = model, tokenizer, device, config
+        use_packed_attention(model)
         self._eos, self._pad, self._emit = eos_ids, pad_id, emit
         self._observer = observer or Observer()
         self._cond = threading.Condition()
@@ -131,13 +135,8 @@ class GenerationEngine:
         self._drop_cancelled(events)
         if self._prefill is None:
             self._prefill = self._admit()
-        if self._prefill is not None:
-            self._prefill_chunk(events)
-            if events:  # first tokens go out now, not after the decode step: time to first token
-                self._emit(events)
-                events = []
-        if self._running:
-            self._decode(events)
+        if self._running or self._prefill is not None:
+            self._forward(events)
         self.stats.steps += 1
         if events:
             self._emit(events)
@@ -180,17 +179,32 @@ class GenerationEngine:
         chunk = max(1, self.config.prefill_chunk_tokens // len(group))
         return Prefill(group, batch, ids, mask, chunk)
 
-    def _prefill_chunk(self, events: list[tuple[Sequence, Chunk]]) -> None:
-        pre = self._prefill
-        assert pre is not None
-        end = pre.offset + pre.chunk
-        logits = pre.batch.forward(pre.ids[:, pre.offset:end], pre.mask[:, pre.offset:end])
-        pre.offset = end
-        if pre.offset < pre.ids.shape[1]:
-            return
-        self._prefill = None
-        tokens = choose(logits, [s.sampler for s in pre.sequences])
+    def _forward(self, events: list[tuple[Sequence, Chunk]]) -> None:
+        """One forward: a token for every running sequence and the next chunk of the prefill, if any."""
+        pre, running = self._prefill, self._running
+        ids = mask = None
+        if pre is not None:
+            ids, mask = pre.ids[:, pre.offset:pre.offset + pre.chunk], pre.mask[:, pre.offset:pre.offset + pre.chunk]
+            pre.offset += pre.chunk
+        joining = pre.sequences if pre is not None and pre.offset >= pre.ids.shape[1] else []
+        decoded, read = fused_forward(self.model, self._batch, [s.tokens[-1] for s in running],
+                                      pre.batch if pre is not None else None, ids, mask, bool(joining))
+        logits = decoded if read is None else torch.cat([decoded, read]) if running else read
+        tokens = choose(logits, [s.sampler for s in [*running, *joining]])
         now = time.perf_counter()
+        for seq, token in zip(running, tokens, strict=False):
+            self._observer.token_gap(now - seq.last_token_at)
+            self._accept(seq, token, now, events)
+        keep = [i for i, s in enumerate(running) if s.finish is None]
+        if len(keep) < len(running):
+            self._running = [running[i] for i in keep]
+            self._batch.keep(keep)
+        if pre is not None and joining:
+            self._prefill = None
+            self._join(pre, tokens[len(running):], now, events)
+
+    def _join(self, pre: Prefill, tokens: list[int], now: float, events: list[tuple[Sequence, Chunk]]) -> None:
+        """A prefill is read: its first tokens go out and its sequences join the running batch."""
         for seq, token in zip(pre.sequences, tokens, strict=True):
             if seq.cancelled:
                 self._end(seq, "cancelled", events)
@@ -202,18 +216,6 @@ class GenerationEngine:
             pre.batch.keep(joining)
             self._batch.merge(pre.batch)
             self._running.extend(pre.sequences[i] for i in joining)
-
-    def _decode(self, events: list[tuple[Sequence, Chunk]]) -> None:
-        logits = self._batch.decode([s.tokens[-1] for s in self._running])
-        tokens = choose(logits, [s.sampler for s in self._running])
-        now = time.perf_counter()
-        for seq, token in zip(self._running, tokens, strict=True):
-            self._observer.token_gap(now - seq.last_token_at)
-            self._accept(seq, token, now, events)
-        keep = [i for i, s in enumerate(self._running) if s.finish is None]
-        if len(keep) < len(self._running):
-            self._running = [self._running[i] for i in keep]
-            self._batch.keep(keep)
 
     def _accept(self, seq: Sequence, token: int, now: float, events: list[tuple[Sequence, Chunk]]) -> None:
         seq.tokens.append(token)

@@ -12,6 +12,7 @@ own positions.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -25,7 +26,7 @@ class PaddedBatch:
     def __init__(self, model: Any, device: torch.device) -> None:
         self._model = model
         self.device = device
-        self._cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        self.cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
         self.cache = DynamicCache(config=model.config)
         if any(type(layer) is not DynamicLayer for layer in self.cache.layers):
             kinds = sorted({type(layer).__name__ for layer in self.cache.layers})
@@ -62,7 +63,7 @@ class PaddedBatch:
         full = torch.cat([self.mask, mask], dim=1) if self.columns else mask
         positions = (full.cumsum(-1) - 1).clamp(min=0)[:, -input_ids.shape[1]:]
         # transformers 5.24 renamed `past_key_values` to `cache` (the old name still works, with a warning).
-        cache = {self._cache_arg: self.cache}
+        cache = {self.cache_arg: self.cache}
         out = self._model(input_ids=input_ids, attention_mask=full, position_ids=positions, use_cache=True,
                           logits_to_keep=1, **cache)
         self.mask = full
@@ -104,11 +105,15 @@ class PrefixCache:
     """The keys and values of one prompt prefix that requests share (a chat template's system
     block), computed once: a prompt that starts with it is prefilled from its end.
 
-    The prefix is learnt, not configured: when a prompt misses the cached prefix, the longest
-    common prefix with the previous prompt (at least `min_tokens`, and short of both prompts'
-    last token) becomes the new one. Row i of a batch seeded from it holds the prefix, then
-    left padding, then the rest of its prompt: positions come from the mask, so the hole is
-    invisible to the model.
+    The prefix is learnt, not configured. A prompt that misses it but shares at least
+    `min_tokens` with it shrinks it to the shared part: causal attention makes the keys of a
+    prefix of the prefix its first columns, so no forward is needed, and the prefix settles on
+    what all prompts share (the template's system block) instead of flipping between longer
+    ones two prompts happen to share ("...user\nWhat is"), each flip a forward and a miss.
+    Otherwise the longest common prefix with the previous prompt (at least `min_tokens`, and short
+    of the new prompt's last token) becomes the new one. Row i of a batch seeded from it holds the
+    prefix, then left padding, then the rest of its prompt: positions come from the mask, so the
+    hole is invisible to the model.
     """
 
     def __init__(self, min_tokens: int = 16) -> None:
@@ -116,23 +121,26 @@ class PrefixCache:
         self.ids: tuple[int, ...] = ()
         self._layers: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._last: list[int] = []
+        self.forwards = 0  # prefixes computed (a shrink costs none)
 
     def matches(self, prompt: list[int]) -> bool:
         size = len(self.ids)
         return 0 < size < len(prompt) and tuple(prompt[:size]) == self.ids
 
     def learn(self, prompt: list[int], model: Any, device: torch.device) -> None:
-        """Remember `prompt`; on a miss, cache its common prefix with the previous prompt."""
-        if not self.matches(prompt) and self._last:
-            common, most = 0, min(len(prompt), len(self._last)) - 1
-            while common < most and prompt[common] == self._last[common]:
-                common += 1
-            if common >= self.min_tokens:
+        """Remember `prompt`; on a miss, shrink the cached prefix or cache a new one."""
+        if not self.matches(prompt):
+            shared = _common(prompt, self.ids)
+            if shared >= self.min_tokens:
+                self.ids = self.ids[:shared]
+                self._layers = [(keys[:, :, :shared], values[:, :, :shared]) for keys, values in self._layers]
+            elif self._last and (common := _common(prompt, self._last)) >= self.min_tokens:
                 batch = PaddedBatch(model, device)
                 ids = torch.tensor([prompt[:common]], dtype=torch.long, device=device)
                 batch.forward(ids, torch.ones_like(ids))
                 self.ids = tuple(prompt[:common])
                 self._layers = [(layer.keys, layer.values) for layer in batch.layers]
+                self.forwards += 1
         self._last = prompt
 
     def seed(self, batch: PaddedBatch, rows: int) -> None:
@@ -142,6 +150,14 @@ class PrefixCache:
             layer.keys = keys.expand(rows, -1, -1, -1).contiguous()
             layer.values = values.expand(rows, -1, -1, -1).contiguous()
         batch.mask = torch.ones((rows, len(self.ids)), dtype=torch.long, device=batch.device)
+
+
+def _common(prompt: list[int], other: Sequence[int]) -> int:
+    """Tokens `prompt` shares with `other` from the start, short of `prompt`'s last (it must be prefilled)."""
+    common, most = 0, min(len(prompt) - 1, len(other))
+    while common < most and prompt[common] == other[common]:
+        common += 1
+    return common
 
 
 def left_padded(prompts: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

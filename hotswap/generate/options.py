@@ -38,9 +38,9 @@ class GenerationConfig(BaseModel):
     max_tokens_limit: int = Field(2048, ge=1, le=2**20, description="Most tokens one request may ask for; more "
                                   "is refused with 400.")
     prefill_chunk_tokens: int = Field(256, ge=16, le=65_536, description="Prompt tokens prefilled per engine "
-                                      "step: new prompts are prefilled together up to this budget and a longer "
-                                      "prompt in chunks of it, between decode steps, so running streams keep "
-                                      "getting tokens while a long prompt is read.")
+                                      "step, in the same forward as the running batch's decode: new prompts are "
+                                      "prefilled together up to this budget and a longer prompt in chunks of it, "
+                                      "so running streams keep getting tokens while a long prompt is read.")
     prefix_cache: bool = Field(True, description="Keep the keys and values of the prompt prefix requests "
                                "share (a chat template's system block) and prefill only the rest of each "
                                "prompt.")

@@ -1,7 +1,7 @@
 """OpenAI-compatible embeddings API: decode OpenAI's wire format, call the data plane, encode.
 
     POST /v1/embeddings       {"model", "input", "encoding_format", "dimensions", "user"}
-    GET  /v1/models[/{id}]    every served model whose processor is text-embedding
+    GET  /v1/models[/{id}]    every served model /v1 can call: text-embedding and generating ones
 
 Like the v2 routes, nothing here looks up runners, queues, applies limits or counts request
 metrics: `DataPlane.call` does, so a text embedded through /v1 is batched with (and
@@ -200,10 +200,17 @@ def _card(name: str, state: OpenAIState) -> dict:
     return {"id": name, "object": "model", "created": state.created, "owned_by": "hotswap"}
 
 
+async def _served_models(plane: DataPlane, state: OpenAIState) -> list[str]:
+    """Models /v1 serves, in config order: text-embedding runners, and generating models once loaded
+    (/v1/chat/completions, /v1/completions)."""
+    embedding = set(await _embedding_models(plane, state))
+    return [name for name, slot in plane.repository.slots.items() if name in embedding or slot.generator is not None]
+
+
 async def list_models(request: Request) -> Response:
     """GET /v1/models."""
     plane, state = _state(request)
-    names = await _embedding_models(plane, state)
+    names = await _served_models(plane, state)
     return Response(orjson.dumps({"object": "list", "data": [_card(n, state) for n in names]}),
                     media_type="application/json")
 
@@ -211,10 +218,9 @@ async def list_models(request: Request) -> Response:
 async def retrieve_model(request: Request, model: str) -> Response:
     """GET /v1/models/{model}."""
     plane, state = _state(request)
-    names = await _embedding_models(plane, state)
+    names = await _served_models(plane, state)
     if model not in names:
-        raise ModelNotFound(f"model '{model}' is not served here as an embedding model; models: "
-                            f"{', '.join(names) or 'none'}")
+        raise ModelNotFound(f"model '{model}' is not served here through /v1; models: {', '.join(names) or 'none'}")
     return Response(orjson.dumps(_card(model, state)), media_type="application/json")
 
 

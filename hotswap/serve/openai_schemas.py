@@ -61,7 +61,8 @@ class ModelCard(BaseModel):
 
 
 class ModelList(BaseModel):
-    """Answer of GET /v1/models: every served model with a text-embedding processor."""
+    """Answer of GET /v1/models: every served model with a text-embedding processor, and every loaded
+    generating model."""
 
     object: Literal["list"]
     data: list[ModelCard]

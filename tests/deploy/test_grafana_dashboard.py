@@ -98,7 +98,8 @@ def metrics_page(tiny, tmp_path_factory) -> str:
 
 def test_every_dashboard_metric_is_exported(metrics_page):
     samples, types = exposition(metrics_page)
-    used = {name for expr in queries() for name in NAME.findall(expr)}
+    # The generation row's names are checked on a generating server (tests/generate/test_dashboard.py).
+    used = {name for expr in queries() for name in NAME.findall(expr) if not name.startswith("hotswap_generate_")}
     assert len(used) >= 20
     missing = sorted(n for n in used if n not in samples and not (n.startswith(EVENT_ONLY) and declared(n, types)))
     assert missing == []
