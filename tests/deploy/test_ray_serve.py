@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import ray
 import tritonclient.http as triton
+from tritonclient.utils import InferenceServerException
 import yaml
 from ray import serve
 
@@ -115,6 +116,14 @@ def test_two_replicas_serve_then_one_is_killed(ray_app):
     ray.kill(actor, no_restart=True)
     client.replicas.clear()
     started = time.perf_counter()
+    try:
+        # Serve's router may still pick the victim for the very next request (it learns of the
+        # death from that request's ActorDiedError, then drops the replica); Serve's proxy answers
+        # that one 500. Only that request may fail.
+        np.testing.assert_allclose(embed(client), first, atol=1e-5)
+    except InferenceServerException as exc:
+        assert exc.status() == "500" and "Internal Server Error" in str(exc), exc
+    client.replicas.clear()
     for _ in range(REQUESTS):
         np.testing.assert_allclose(embed(client), first, atol=1e-5)
     after = Counter(client.replicas)
