@@ -25,8 +25,9 @@ import numpy as np
 from hotswap.backends.registry import BackendRegistry
 from hotswap.backends.selection import select_backend
 from hotswap.config import ModelConfig, ShadowConfig
+from hotswap.errors import ConfigError
 from hotswap.models.pipeline import Pipeline
-from hotswap.models.signature import Tensors
+from hotswap.models.signature import Signature, Tensors
 from hotswap.models.sources import resolve_source
 from hotswap.serve.metrics import Metrics
 
@@ -62,6 +63,21 @@ def parity(reference: Tensors, outputs: Tensors) -> tuple[float, np.ndarray]:
     with np.errstate(invalid="ignore", divide="ignore"):
         cosine = np.where(norms > 0, (a * b).sum(axis=1) / np.where(norms > 0, norms, 1), 0.0)
     return max_abs, np.where(both_zero, 1.0, cosine)
+
+
+def describe(signature: Signature) -> str:
+    """'x FP32[-1,8] -> y FP32[-1,4], z FP32[-1,1]': what two backends must agree on to be compared."""
+    def specs(items) -> str:
+        return ", ".join(f"{s.name} {s.datatype}[{','.join(map(str, s.shape))}]" for s in items)
+    return f"{specs(signature.inputs)} -> {specs(signature.outputs)}"
+
+
+def comparable(signature: Signature) -> tuple:
+    """Names, datatypes and ranks of inputs and outputs (dims may differ: one backend may know a size
+    the other leaves -1)."""
+    def specs(items) -> tuple:
+        return tuple((spec.name, spec.datatype, len(spec.shape)) for spec in items)
+    return specs(signature.inputs), specs(signature.outputs)
 
 
 def lower_priority(nice: int) -> None:
@@ -113,8 +129,11 @@ class ShadowParity:
         self.last_mismatch: dict | None = None
         self.last_error = ""
 
-    async def start(self) -> None:
-        """Load the shadow backend on its own thread (a one-entry chain: its failure is the error)."""
+    async def start(self, primary: Signature | None = None) -> None:
+        """Load the shadow backend on its own thread (a one-entry chain: its failure is the error).
+
+        With the `primary`'s signature, a shadow that answers by other names or types (a torch.export
+        file names its outputs output_N) is refused here: it could only ever report mismatches."""
         model = self._model
         source = await asyncio.to_thread(resolve_source, model.source, self._config_dir, self._progress)
         single = model.model_copy(update={"backends": [self.config.backend]})
@@ -126,7 +145,15 @@ class ShadowParity:
 
         try:
             self._pipeline = await asyncio.get_running_loop().run_in_executor(self._executor, load)
+            if primary is not None and comparable(self._pipeline.signature) != comparable(primary):
+                raise ConfigError(f"models.{model.name}.shadow: the shadow backend {self.label} serves "
+                                  f"{describe(self._pipeline.signature)} but the model serves {describe(primary)}; "
+                                  "declare the model's `inputs` and `outputs` in its config so both backends "
+                                  "answer by the same names")
         except BaseException:
+            if self._pipeline is not None:
+                self._pipeline.close()
+                self._pipeline = None
             self._executor.shutdown(wait=False)
             raise
         self.device = self._pipeline.backend.describe().get("device", "")

@@ -77,7 +77,7 @@ class ModelSupervisor:
         try:
             if self.config.shadow is not None:
                 shadow = ShadowParity(self.config, self._registry, self._metrics, self._config_dir, self._progress)
-                await shadow.start()
+                await shadow.start(runner.signature)
                 self.shadow = shadow
             if self.policy is not None and self.policy.standby:
                 await self._load_standby()

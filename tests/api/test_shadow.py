@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from api_support import LiveServer, infer_tiny, tiny_input
+from api_support import TINY_IO, LiveServer, infer_tiny, tiny_input
 from fault_support import serve_models, wait_for
 
 from hotswap.testing import TinyModels
@@ -135,3 +135,35 @@ def test_the_shadow_and_the_runtime_threads_it_starts_run_at_the_lowest_cpu_prio
     assert shadow_thread in lowered
     assert len(lowered) >= 2, "onnxruntime's intra-op pool thread did not inherit the shadow's priority"
     assert primary_thread in nice_threads(0)
+
+
+def test_a_shadow_answering_by_other_names_is_refused_at_load(fault_registry, tmp_path_factory, tiny, capfd):
+    """A torch.export file names its outputs output_0, output_1: a torch shadow of an ONNX primary
+    without declared inputs/outputs could only report mismatches, so start-up stops and says why."""
+    folder = str(tiny.onnx.parent)  # .onnx for the primary, .pt2 for the shadow
+    model = {"name": "m", "source": folder, "backends": [{"name": "onnxruntime"}],
+             "shadow": {"backend": {"name": "torch"}, "sample": 1.0}}
+    with pytest.raises(RuntimeError, match=r"exited during start-up"), ExitStack() as stack:
+        serve_models(stack, fault_registry, tmp_path_factory, [model])
+    log = capfd.readouterr().err
+    assert ("models.m.shadow: the shadow backend torch serves x FP32[-1,8] -> output_0 FP32[-1,4], "
+            "output_1 FP32[-1,1] but the model serves x FP32[-1,8] -> y FP32[-1,4], z FP32[-1,1]; declare "
+            "the model's `inputs` and `outputs`") in log
+
+
+def test_a_shadow_with_declared_names_compares_across_formats(start_declared, tiny):
+    server = start_declared
+    client = server.client()
+    for i in range(3):
+        infer_tiny(client, "m", tiny_input(2, seed=i))
+    client.close()
+    wait_for(lambda: shadow_batches(server, "torch").get("match") == 3, what="3 matches")
+    assert shadow_batches(server, "torch")["mismatch"] == 0
+
+
+@pytest.fixture
+def start_declared(fault_registry, tmp_path_factory, tiny: TinyModels) -> Iterator[LiveServer]:
+    with ExitStack() as stack:
+        model = {"name": "m", "source": str(tiny.onnx.parent), "backends": [{"name": "onnxruntime"}],
+                 "shadow": {"backend": {"name": "torch"}, "sample": 1.0}, **TINY_IO}
+        yield serve_models(stack, fault_registry, tmp_path_factory, [model])
