@@ -18,7 +18,7 @@ from pathlib import Path
 from hotswap.backends.registry import BackendRegistry
 from hotswap.backends.selection import Selection, load_instance, select_backend
 from hotswap.config import ModelConfig
-from hotswap.errors import BackendError
+from hotswap.errors import BackendError, ModelNotReady
 from hotswap.models.pipeline import Pipeline, StageTimes
 from hotswap.models.signature import Signature, Tensors
 from hotswap.models.sources import ModelSource, resolve_source
@@ -202,6 +202,8 @@ class ModelRunner:
         """Validate, queue and await one request's outputs (its own rows only)."""
         if self._batcher is None:
             raise RuntimeError("runner not started")
+        if not self._pipelines:  # closed: a swap or unload retired it
+            raise ModelNotReady(f"model '{self.config.name}' on {self.selected.label} was unloaded; retry")
         pipeline = self._pipelines[0]
         pipeline.signature.check_inputs(inputs)
         rows = count_rows(inputs)

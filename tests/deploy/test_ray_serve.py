@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 import ray
 import tritonclient.http as triton
-from tritonclient.utils import InferenceServerException
 import yaml
 from ray import serve
+from tritonclient.utils import InferenceServerException
 
 from hotswap.config import parse_config
 from hotswap.deploy.ray import DEPLOYMENT_NAME, LOCAL_RAY_ENV, REPLICA_HEADER, deploy, start_local_ray

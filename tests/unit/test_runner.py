@@ -17,6 +17,7 @@ import numpy as np
 from hotswap.backends.onnxruntime_backend import OnnxRuntimeBackend
 from hotswap.backends.registry import BackendRegistry
 from hotswap.config import ModelConfig, parse_config
+from hotswap.errors import ModelNotReady
 from hotswap.serve.app import create_app
 from hotswap.serve.metrics import Metrics
 from hotswap.serve.runner import ModelRunner
@@ -180,3 +181,19 @@ def test_backends_not_declared_inline_safe_never_run_inline(tiny: TinyModels):
     finally:
         del ThreadRecordingOnnxRuntime.inline_safe
     assert len(threads) == 6 and all(name.startswith("hotswap-tiny-") for name in threads)
+
+
+def test_a_closed_runner_refuses_requests_as_not_ready(tiny: TinyModels):
+    async def scenario() -> None:
+        config = ModelConfig(name="tiny", source=str(tiny.onnx), backends=[{"name": "onnxruntime"}])
+        runner = ModelRunner(config, REGISTRY, Metrics())
+        await runner.start()
+        await runner.close()
+        try:
+            await runner.infer({"x": rows(1, 0)}, None)
+        except ModelNotReady as exc:
+            assert str(exc) == "model 'tiny' on onnxruntime was unloaded; retry"
+        else:
+            raise AssertionError("a closed runner answered")
+
+    run(scenario())
