@@ -42,6 +42,15 @@ def summary(server: LiveServer) -> dict:
     return httpx.get(f"{server.url}/v2/models/m", timeout=10).json()["shadow"]
 
 
+def send_until_matched(server: LiveServer, shadow: str, requests: int, rows: int) -> None:
+    """Send `requests` tiny requests of `rows` rows, then wait until the shadow matched each batch."""
+    client = server.client()
+    for i in range(requests):
+        infer_tiny(client, "m", tiny_input(rows, seed=i))
+    client.close()
+    wait_for(lambda: shadow_batches(server, shadow).get("match") == requests, what=f"{requests} matches")
+
+
 def test_a_perturbed_primary_is_caught_by_the_shadow_while_clients_are_served(start, tiny):
     server = start({"name": "fault", "mode": "perturb", "perturb": 0.01},
                    {"backend": {"name": "onnxruntime"}, "sample": 1.0, "atol": 1e-3})
@@ -65,11 +74,7 @@ def test_a_perturbed_primary_is_caught_by_the_shadow_while_clients_are_served(st
 
 def test_an_agreeing_shadow_counts_matches_and_its_own_latency(start, tiny):
     server = start({"name": "onnxruntime"}, {"backend": {"name": "fault"}, "sample": 1.0})
-    client = server.client()
-    for i in range(5):
-        infer_tiny(client, "m", tiny_input(3, seed=i))
-    client.close()
-    wait_for(lambda: shadow_batches(server, "fault").get("match") == 5, what="5 matches")
+    send_until_matched(server, "fault", requests=5, rows=3)
     assert shadow_batches(server, "fault")["mismatch"] == 0
     assert sample(server, "hotswap_shadow_duration_seconds_count", shadow="fault") == 5
     assert sample(server, "hotswap_shadow_cosine_bucket", shadow="fault", le="0.99999") == 0, "all rows ~1.0"
@@ -153,11 +158,7 @@ def test_a_shadow_answering_by_other_names_is_refused_at_load(fault_registry, tm
 
 def test_a_shadow_with_declared_names_compares_across_formats(start_declared, tiny):
     server = start_declared
-    client = server.client()
-    for i in range(3):
-        infer_tiny(client, "m", tiny_input(2, seed=i))
-    client.close()
-    wait_for(lambda: shadow_batches(server, "torch").get("match") == 3, what="3 matches")
+    send_until_matched(server, "torch", requests=3, rows=2)
     assert shadow_batches(server, "torch")["mismatch"] == 0
 
 
