@@ -64,6 +64,15 @@ def equivalent_mutants() -> set[str]:
     return {m.group(1) for line in doc.read_text().splitlines() if (m := EQUIVALENT.match(line))}
 
 
+def drop_stale_tests() -> None:
+    """Delete test files under mutants/tests that the tree no longer has: mutmut copies tests in but
+    never removes a renamed or deleted one, and a stale copy can break its test collection (two
+    test modules with one basename)."""
+    for copy in (MUTANTS / "tests").rglob("*.py") if (MUTANTS / "tests").is_dir() else ():
+        if not (ROOT / copy.relative_to(MUTANTS)).exists():
+            copy.unlink()
+
+
 def run_mutmut(names: list[str], budget_s: float, deadline: float, children: int) -> bool:
     """One `mutmut run` of `names`; False when it was stopped at the deadline."""
     env = dict(os.environ, HOTSWAP_MUTATE_BUDGET_S=str(budget_s))
@@ -144,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.report:
         return report(args.group, args.min)
 
+    drop_stale_tests()
     budget_s = float(os.environ.get("HOTSWAP_MUTATE_BUDGET_S") or 5)
     deadline = time.monotonic() + args.minutes * 60
     results = load_results(args.group)
