@@ -236,13 +236,14 @@ class ModelRunner:
         pipeline = self._pipelines[index]
         if self._inline.inline(index):
             done = pipeline.run(inputs)
-            self._inline.observe(index, done[1])
-            return done
-        future = asyncio.get_running_loop().run_in_executor(self._executors[index], pipeline.run, inputs)
-        if self._batch_timeout_s is None:
-            done = await future
-            self._inline.observe(index, done[1])
-            return done
+        else:
+            future = asyncio.get_running_loop().run_in_executor(self._executors[index], pipeline.run, inputs)
+            done = await (future if self._batch_timeout_s is None else self._within_batch_timeout(index, future))
+        self._inline.observe(index, done[1])
+        return done
+
+    async def _within_batch_timeout(self, index: int, future: asyncio.Future) -> tuple[Tensors, StageTimes]:
+        assert self._batch_timeout_s is not None
         try:
             return await asyncio.wait_for(future, self._batch_timeout_s)
         except TimeoutError:
