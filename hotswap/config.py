@@ -53,7 +53,8 @@ class BatchingConfig(StrictModel):
     inline_max_us: int = Field(200, ge=0, le=100_000, description="A backend call that recently took under this "
                                "many microseconds runs on the event loop's thread instead of the instance's: the "
                                "thread hop costs more than such a call (only backends that declare inline_safe; "
-                               "0: always the instance's thread).")
+                               "0: always the instance's thread). A lone such request, when nothing is queued "
+                               "and batching would not wait, runs in the request's own task.")
     timeout_ms: float | None = Field(None, gt=0, le=3_600_000, description="Default request deadline while "
                                      "queued, in ms (a request's own `parameters.timeout`, in microseconds as "
                                      "in Triton, overrides it); expired requests get 504.")

@@ -84,3 +84,28 @@ class Batch:
         for request in self.requests:
             if request.live:
                 request.future.set_exception(exc)
+
+
+class BatchHung(BackendError):
+    """A batch ran past `failover.batch_timeout_ms`: its instance is abandoned (its thread may never return)."""
+
+    reason = "backend_hung"
+
+
+@dataclass(frozen=True)
+class BatchOutcome:
+    """What one backend call did, reported to the runner's `on_batch` hook after its requests were answered."""
+
+    inputs: Tensors
+    outputs: Tensors | None  # None when it failed
+    error: Exception | None
+    seconds: float
+
+    @property
+    def hung(self) -> bool:
+        return isinstance(self.error, BatchHung)
+
+    @property
+    def backend_failed(self) -> bool:
+        """A failure of the backend itself (bad input is the client's, not the device's)."""
+        return isinstance(self.error, BackendError)

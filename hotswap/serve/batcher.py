@@ -56,6 +56,8 @@ class DynamicBatcher:
         self._closed = False
         self._wait_payoff = 1.0
         self._decisions = 0
+        self._probe_granted = False  # lone_slot chose to probe: the next fill waits without a decision
+        self._idle_workers: dict[int, None] = {}  # workers waiting for a first request, in index order
 
     @property
     def queued(self) -> int:
@@ -104,11 +106,41 @@ class DynamicBatcher:
                 return request
         return None
 
-    async def _take_first(self) -> PendingRequest:
+    async def _take_first(self, index: int) -> PendingRequest:
         while (first := self._take(None, 0)) is None:
             self._arrived.clear()
-            await self._arrived.wait()
+            self._idle_workers[index] = None
+            try:
+                await self._arrived.wait()
+            finally:
+                del self._idle_workers[index]
         return first
+
+    def lone_slot(self, accept: Callable[[int], bool]) -> int | None:
+        """The index of an idle worker whose instance may run a new request's batch of one right now.
+
+        Only when the request would run alone and at once through the queue too: nothing queued,
+        that worker idle, and the batching policy not waiting for company (no delay configured, or
+        the adaptive delay off its probe). `accept(index)` says whether the caller can run that
+        instance's call without yielding to the event loop (serve/inline.py): the idle worker then
+        never sees the request, and the caller saves the hand-over to it and to a batch task.
+        """
+        if self._queue or self._closed or not self._idle_workers:
+            return None
+        index = next((i for i in self._idle_workers if accept(i)), None)
+        if index is None or (self.config.max_queue_delay_ms > 0 and not self._skips_wait()):
+            return None
+        return index
+
+    def _skips_wait(self) -> bool:
+        """The adaptive delay's decision for a lone request, taken once: a probe is granted to the fill."""
+        if not self.config.adaptive_delay or self._wait_payoff >= MIN_PAYOFF:
+            return False
+        self._decisions += 1
+        if self._decisions % PROBE_EVERY == 0:
+            self._probe_granted = True
+            return False
+        return True
 
     async def _fill(self, taken: list[PendingRequest]) -> None:
         """Add stackable requests to `taken` until it is full or the first one's delay is over."""
@@ -140,14 +172,15 @@ class DynamicBatcher:
 
         At low concurrency a lone request would otherwise pay the full delay for nothing.
         """
-        if not self.config.adaptive_delay:
+        if not self.config.adaptive_delay or self._probe_granted:
+            self._probe_granted = False
             return True
         self._decisions += 1
         return self._wait_payoff >= MIN_PAYOFF or self._decisions % PROBE_EVERY == 0
 
     async def _worker(self, index: int) -> None:
         while True:
-            taken = [await self._take_first()]
+            taken = [await self._take_first(index)]
             self._running += 1  # a filling batch counts as running, so drain_and_stop waits for it
             try:
                 await self._fill(taken)

@@ -12,17 +12,16 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 from hotswap.backends.registry import BackendRegistry
 from hotswap.backends.selection import Selection, load_instance, select_backend
 from hotswap.config import ModelConfig
-from hotswap.errors import BackendError, ModelNotReady
+from hotswap.errors import ModelNotReady
 from hotswap.models.pipeline import Pipeline, StageTimes
 from hotswap.models.signature import Signature, Tensors
 from hotswap.models.sources import ModelSource, resolve_source
-from hotswap.serve.batch import Batch
+from hotswap.serve.batch import Batch, BatchHung, BatchOutcome
 from hotswap.serve.batcher import DynamicBatcher, PendingRequest
 from hotswap.serve.inline import InlinePolicy
 from hotswap.serve.metrics import Metrics, ModelSeries
@@ -32,33 +31,7 @@ from hotswap.server_config import LimitsConfig
 log = logging.getLogger("hotswap.runner")
 
 
-class BatchHung(BackendError):
-    """A batch ran past `failover.batch_timeout_ms`: its instance is abandoned (its thread may never return)."""
-
-    reason = "backend_hung"
-
-
-@dataclass(frozen=True)
-class BatchOutcome:
-    """What one backend call did, reported to the runner's `on_batch` hook after its requests were answered."""
-
-    inputs: Tensors
-    outputs: Tensors | None  # None when it failed
-    error: Exception | None
-    seconds: float
-
-    @property
-    def hung(self) -> bool:
-        return isinstance(self.error, BatchHung)
-
-    @property
-    def backend_failed(self) -> bool:
-        """A failure of the backend itself (bad input is the client's, not the device's)."""
-        return isinstance(self.error, BackendError)
-
-
 BatchHook = Callable[["ModelRunner", BatchOutcome], None]
-
 
 
 class ModelRunner:
@@ -210,8 +183,12 @@ class ModelRunner:
         if limits is not None:
             check_limits(inputs, rows, limits)
         inputs = pipeline.processor.check(inputs)  # a bad request fails here, alone, not its whole batch
-        request = self._batcher.submit(inputs, rows, timeout_s)
         series = self.series
+        index = self._batcher.lone_slot(self._inline.inline)
+        if index is not None:
+            series.queue_duration.observe(0.0)
+            return self._run_alone(index, inputs, rows)
+        request = self._batcher.submit(inputs, rows, timeout_s)
         series.pending.inc()
         self._waiting.add(request)
         try:
@@ -260,12 +237,39 @@ class ModelRunner:
         inputs = batch.inputs()
         concat_s = time.perf_counter() - t0
         try:
-            results, times = await self._compute(index, inputs)
-            t1 = time.perf_counter()
+            done = await self._compute(index, inputs)
+        except Exception as exc:
+            self._fail(batch, inputs, exc, t0)
+            return
+        self._answer(batch, inputs, done, t0, concat_s)
+
+    def _run_alone(self, index: int, inputs: Tensors, rows: int) -> Tensors:
+        """A batch of one chosen by `DynamicBatcher.lone_slot`: run inline now, without yielding to the loop."""
+        t0 = time.perf_counter()
+        request = PendingRequest(inputs, rows, (), asyncio.get_running_loop().create_future(), t0, t0)
+        batch = Batch([request])
+        try:
+            done = self._pipelines[index].run(inputs)
+        except Exception as exc:
+            self._fail(batch, inputs, exc, t0)
+        else:
+            self._inline.observe(index, done[1])
+            self._answer(batch, inputs, done, t0, 0.0)
+        return request.future.result()
+
+    def _fail(self, batch: Batch, inputs: Tensors, exc: Exception, t0: float) -> None:
+        batch.fail(exc)
+        self._report(BatchOutcome(inputs, None, exc, time.perf_counter() - t0))
+
+    def _answer(self, batch: Batch, inputs: Tensors, done: tuple[Tensors, StageTimes], t0: float,
+                concat_s: float) -> None:
+        """Hand each request its rows, report the batch, record its metrics."""
+        results, times = done
+        t1 = time.perf_counter()
+        try:
             batch.scatter(results)
         except Exception as exc:
-            batch.fail(exc)
-            self._report(BatchOutcome(inputs, None, exc, time.perf_counter() - t0))
+            self._fail(batch, inputs, exc, t0)
             return
         self._report(BatchOutcome(inputs, results, None, t1 - t0))
         series = self.series

@@ -29,9 +29,10 @@ from hotswap.backends.registry import BackendRegistry
 from hotswap.config import ModelConfig
 from hotswap.errors import BackendError, ModelNotReady, Rerouted
 from hotswap.models.signature import Tensors
+from hotswap.serve.batch import BatchOutcome
 from hotswap.serve.metrics import Metrics
 from hotswap.serve.recovery import SwitchLog, probe_parity
-from hotswap.serve.runner import BatchOutcome, ModelRunner
+from hotswap.serve.runner import ModelRunner
 from hotswap.serve.shadow import ShadowParity
 from hotswap.server_config import LimitsConfig
 
