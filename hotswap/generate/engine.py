@@ -2,6 +2,10 @@
 
 Every step (iteration-level scheduling, as in Orca and vLLM):
 
+0. after a step in which sequences finished, with nobody waiting, the loop holds a moment
+   (`join_wait_ms`, at most a tenth of a step) for new requests: a client that sends its next
+   request as soon as one ends then joins this step's forward instead of waiting out a whole
+   step it just missed;
 1. cancelled sequences leave (waiting, prefilling or running): a client that went away stops
    costing compute at the next step;
 2. if no prefill is under way, waiting sequences are admitted in arrival order while the
@@ -65,6 +69,8 @@ class GenerationEngine:
         self._prefill: Prefill | None = None
         self._prefix = PrefixCache() if config.prefix_cache else None
         self.stats = EngineStats()
+        self._freed = 0  # running sequences that finished in the last step
+        self._last_step_s = 0.0
         self._thread = threading.Thread(target=self._loop, name="hotswap-generate", daemon=True)
 
     # -- any thread ------------------------------------------------------------------
@@ -115,17 +121,33 @@ class GenerationEngine:
                 with self._cond:
                     while not self._closing and not (self._incoming or self._busy()):
                         self._cond.wait()
+                    self._wait_for_joiners()
                     self._waiting.extend(self._incoming)
                     self._incoming.clear()
                     closing = self._closing
                 if closing:
                     self._fail_all(ShuttingDown("the model was unloaded or the server is shutting down"))
                     return
+                started = time.perf_counter()
                 try:
                     self._step()
                 except Exception as exc:  # a device error ends the sequences it touched, not the engine
                     log.exception("generation step failed")
                     self._fail_running(BackendError(f"generation failed: {type(exc).__name__}: {exc}"))
+                self._last_step_s = time.perf_counter() - started
+
+    def _wait_for_joiners(self) -> None:
+        """(Under _cond.) Slots freed by the last step and nobody waiting: hold the next step a moment
+        (`join_wait_ms`, at most a tenth of a step) so clients sending their next request at once join it."""
+        freed, self._freed = self._freed, 0
+        if not freed or self._waiting or not self._running:
+            return
+        deadline = time.perf_counter() + min(self.config.join_wait_ms / 1000, self._last_step_s / 10)
+        while not self._closing and len(self._incoming) < freed:
+            left = deadline - time.perf_counter()
+            if left <= 0:
+                return
+            self._cond.wait(left)
 
     def _busy(self) -> bool:
         return bool(self._waiting or self._running or self._prefill)
@@ -197,6 +219,7 @@ class GenerationEngine:
             self._accept(seq, token, now, events)
         keep = [i for i, s in enumerate(running) if s.finish is None]
         if len(keep) < len(running):
+            self._freed = len(running) - len(keep)
             self._running = [running[i] for i in keep]
             self._batch.keep(keep)
         if pre is not None and joining:

@@ -41,6 +41,11 @@ class GenerationConfig(BaseModel):
                                       "step, in the same forward as the running batch's decode: new prompts are "
                                       "prefilled together up to this budget and a longer prompt in chunks of it, "
                                       "so running streams keep getting tokens while a long prompt is read.")
+    join_wait_ms: float = Field(20.0, ge=0, le=1000, description="After a step in which sequences finished, "
+                                "with nobody waiting, the next step waits up to this long (and at most a tenth "
+                                "of the last step) for new requests to join its forward: a client that sends "
+                                "its next request as soon as one ends gets its first token a whole step sooner. "
+                                "0: never wait.")
     prefix_cache: bool = Field(True, description="Keep the keys and values of the prompt prefix requests "
                                "share (a chat template's system block) and prefill only the rest of each "
                                "prompt.")

@@ -157,3 +157,38 @@ def test_a_cancelled_sequence_leaves_the_batch(loaded, expected):
 def test_torch_inference_mode_is_not_leaked(loaded):
     # The engine thread runs under inference_mode; the caller's thread must not be affected.
     assert not torch.is_inference_mode_enabled()
+
+
+def test_a_request_sent_as_soon_as_another_ends_joins_the_very_next_step(loaded, expected):
+    """Closed-loop clients: B ends, and its client's next request C (submitted from another thread as
+    B's last chunk goes out, a moment later) is read in the next step's forward, not in the one after
+    (join_wait_ms)."""
+    prompts, _ = expected
+    steps: dict[str, int] = {}
+    engine: GenerationEngine | None = None
+
+    class Relay(Collector):
+        def __call__(self, events: list[tuple[Sequence, Chunk]]) -> None:
+            super().__call__(events)
+            assert engine is not None
+            for seq, chunk in events:
+                if seq is b and chunk.finish is not None:
+                    steps["b_ended"] = engine.stats.steps
+                    # The client's turnaround: a twentieth of a step, half what the engine waits at most.
+                    threading.Timer(engine._last_step_s / 20, engine.submit, (c,)).start()
+                if seq is c and "c_first" not in steps:
+                    steps["c_first"] = engine.stats.steps
+
+    collector = Relay()
+    a = sequence(loaded, prompts[1], max_tokens=40, ignore_eos=True)
+    b = sequence(loaded, prompts[2], max_tokens=3, ignore_eos=True)
+    c = sequence(loaded, prompts[3], max_tokens=2, ignore_eos=True)
+    engine = engine_for(loaded, collector, prefill_chunk_tokens=256, join_wait_ms=1000)
+    try:
+        engine.submit(a)
+        wait_tokens(a, 2)
+        engine.submit(b)
+        collector.wait([b, c])
+    finally:
+        engine.close()
+    assert steps["c_first"] == steps["b_ended"] + 1, steps
