@@ -17,24 +17,43 @@ from hotswap.models.pipeline import StageTimes
 
 #: Weight of the latest call in the running average of call times.
 LATEST_WEIGHT = 0.2
+#: A call on the instance's thread is timed with the waits for the GIL it met there: under load the
+#: loop's thread holds the GIL, so a call that would take 60 µs inline can measure 300 µs on its
+#: thread and never come back. Every PROBE_EVERY-th call of an instance whose average is under
+#: PROBE_BELOW times the bound therefore runs inline once, and its time replaces the average.
+PROBE_EVERY = 32
+PROBE_BELOW = 4.0
 
 
 class InlinePolicy:
     """Running average of each instance's call time and the inline decision it implies."""
 
-    __slots__ = ("_max_s", "_call_s")
+    __slots__ = ("_max_s", "_call_s", "_declined")
 
     def __init__(self, max_us: int, instances: int, allowed: bool) -> None:
         self._max_s = max_us / 1e6 if allowed else 0.0
         # Unknown until measured on the instance's thread: the first call never runs inline.
         self._call_s = [math.inf] * instances
+        self._declined = [0] * instances
 
     def inline(self, index: int) -> bool:
-        """Run instance `index`'s next call on the event loop's thread."""
+        """Instance `index`'s calls run on the event loop's thread now."""
         return self._call_s[index] < self._max_s
 
-    def observe(self, index: int, times: StageTimes) -> None:
+    def decide(self, index: int) -> bool:
+        """Run instance `index`'s next call inline: `inline(index)`, or a periodic probe (see PROBE_EVERY)."""
+        if self.inline(index):
+            return True
+        if self._call_s[index] >= PROBE_BELOW * self._max_s:  # never measured, or plainly slow
+            return False
+        self._declined[index] += 1
+        return self._declined[index] % PROBE_EVERY == 0
+
+    def observe(self, index: int, times: StageTimes, ran_inline: bool) -> None:
         """Record one call's duration (pre-processing, backend, post-processing)."""
         took = times.preprocess_s + times.infer_s + times.postprocess_s
         previous = self._call_s[index]
-        self._call_s[index] = took if previous == math.inf else previous + LATEST_WEIGHT * (took - previous)
+        if previous == math.inf or (ran_inline and previous >= self._max_s):  # the first call, or a probe
+            self._call_s[index] = took
+        else:
+            self._call_s[index] = previous + LATEST_WEIGHT * (took - previous)

@@ -211,12 +211,13 @@ class ModelRunner:
         if index in self._stuck:
             raise BatchHung(f"instance {index} of '{self.selected.label}' is abandoned: an earlier batch hung")
         pipeline = self._pipelines[index]
-        if self._inline.inline(index):
+        inline = self._inline.decide(index)
+        if inline:
             done = pipeline.run(inputs)
         else:
             future = asyncio.get_running_loop().run_in_executor(self._executors[index], pipeline.run, inputs)
             done = await (future if self._batch_timeout_s is None else self._within_batch_timeout(index, future))
-        self._inline.observe(index, done[1])
+        self._inline.observe(index, done[1], inline)
         return done
 
     async def _within_batch_timeout(self, index: int, future: asyncio.Future) -> tuple[Tensors, StageTimes]:
@@ -253,7 +254,7 @@ class ModelRunner:
         except Exception as exc:
             self._fail(batch, inputs, exc, t0)
         else:
-            self._inline.observe(index, done[1])
+            self._inline.observe(index, done[1], True)
             self._answer(batch, inputs, done, t0, 0.0)
         return request.future.result()
 

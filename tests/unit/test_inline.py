@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from hotswap.models.pipeline import StageTimes
-from hotswap.serve.inline import InlinePolicy
+from hotswap.serve.inline import PROBE_EVERY, InlinePolicy
 
 
 def took(us: float) -> StageTimes:
@@ -18,22 +18,46 @@ def test_unmeasured_instances_are_never_inline():
 
 def test_a_call_under_the_bound_goes_inline_for_its_own_instance_only():
     policy = InlinePolicy(200, 2, allowed=True)
-    policy.observe(1, took(199))
+    policy.observe(1, took(199), False)
     assert policy.inline(1) and not policy.inline(0)
-    policy.observe(0, took(200))
+    policy.observe(0, took(200), False)
     assert not policy.inline(0), "the bound itself is not under it"
 
 
 def test_calls_that_grow_send_it_back_to_its_thread_through_the_running_average():
     policy = InlinePolicy(200, 1, allowed=True)
-    policy.observe(0, took(100))
-    policy.observe(0, took(500))  # 100 + 0.2 * 400 = 180: one slow call is not enough
+    policy.observe(0, took(100), False)
+    policy.observe(0, took(500), False)  # 100 + 0.2 * 400 = 180: one slow call is not enough
     assert policy.inline(0)
-    policy.observe(0, took(500))  # 180 + 0.2 * 320 = 244
+    policy.observe(0, took(500), False)  # 180 + 0.2 * 320 = 244
     assert not policy.inline(0)
 
 
 def test_not_allowed_or_zero_never_inline():
     for policy in (InlinePolicy(200, 1, allowed=False), InlinePolicy(0, 1, allowed=True)):
-        policy.observe(0, took(0.001))
+        policy.observe(0, took(0.001), False)
         assert not policy.inline(0)
+
+
+def test_a_call_timed_slow_on_its_thread_is_probed_inline_and_comes_back_when_it_is_fast_there():
+    policy = InlinePolicy(200, 1, allowed=True)
+    policy.observe(0, took(300), False)  # 300 µs on the thread (waits for the GIL included)
+    decisions = [policy.decide(0) for _ in range(PROBE_EVERY)]
+    assert decisions == [False] * (PROBE_EVERY - 1) + [True], "one probe every PROBE_EVERY calls"
+    policy.observe(0, took(60), True)  # the probe ran inline: its time replaces the average
+    assert policy.inline(0) and policy.decide(0)
+    policy.observe(0, took(100), True)  # an inline call once inline: averaged, not replaced
+    assert policy.inline(0)
+
+
+def test_a_probe_that_is_slow_inline_too_sends_it_back_and_slow_calls_are_never_probed():
+    policy = InlinePolicy(200, 1, allowed=True)
+    policy.observe(0, took(300), False)
+    assert [policy.decide(0) for _ in range(PROBE_EVERY)][-1]
+    policy.observe(0, took(250), True)
+    assert not policy.inline(0)
+    slow = InlinePolicy(200, 1, allowed=True)
+    slow.observe(0, took(800), False)  # 4x the bound: a call that would block the loop is never tried
+    assert not any(slow.decide(0) for _ in range(4 * PROBE_EVERY))
+    never = InlinePolicy(200, 1, allowed=True)
+    assert not any(never.decide(0) for _ in range(4 * PROBE_EVERY)), "an unmeasured instance is never probed"
