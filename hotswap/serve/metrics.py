@@ -17,7 +17,7 @@ import asyncio
 import os
 import time
 from collections import Counter as Tally
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sized
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics_core import Metric
@@ -112,6 +112,8 @@ class Metrics:
         # Live runners per backend_selected / backend_skipped child: a reload onto the same labels
         # must not be zeroed when the runner it replaces retires.
         self._held: Tally[tuple[Gauge, tuple[str, ...]]] = Tally()
+        # In-process pending gauges read their runners' waiting sets at scrape time (ModelSeries.count_pending).
+        self._pending: dict[tuple[str, ...], list[Sized]] = {}
 
     def _resilience_families(self, r: CollectorRegistry) -> None:
         """Failover and shadow parity (serve/supervisor.py, serve/shadow.py)."""
@@ -142,6 +144,14 @@ class Metrics:
         self._held[(gauge, labels)] += change
         return self._held[(gauge, labels)]
 
+    def pending_sources(self, labels: tuple[str, ...]) -> list[Sized]:
+        """The waiting sets whose sizes make up one pending gauge child (created, and bound, on first use)."""
+        sources = self._pending.get(labels)
+        if sources is None:
+            sources = self._pending[labels] = []
+            self.pending_requests.labels(*labels).set_function(lambda: sum(len(s) for s in sources))
+        return sources
+
     def model_series(self, labels: dict[str, str]) -> ModelSeries:
         return ModelSeries(self, labels)
 
@@ -155,6 +165,7 @@ class ModelSeries:
         self._values = values
         self._held: list[tuple[Gauge, tuple[str, ...]]] = []
         self._refresh: Callable[[], None] | None = None
+        self._pending: tuple[list[Sized], Sized] | None = None
         self.success = metrics.request_success.labels(*values)
         self.inference_count = metrics.inference_count.labels(*values)
         self.execution_count = metrics.execution_count.labels(*values)
@@ -166,6 +177,26 @@ class ModelSeries:
         self.compute_output = metrics.compute_output_duration.labels(*values)
         self.batch_size = metrics.batch_size.labels(*values)
         self.load_seconds = metrics.model_load_seconds.labels(*values)
+
+    def count_pending(self, waiting: Sized) -> bool:
+        """Show `len(waiting)` in this series' pending gauge, read at each scrape, until `retire()`: no
+        per-request update. False under --workers (a scrape reads other processes' files, not this
+        set): the caller then counts with `pending.inc()` / `dec()`."""
+        if self._metrics.workers is not None:
+            return False
+        sources = self._metrics.pending_sources(self._values)
+        sources.append(waiting)
+        self._pending = (sources, waiting)
+        return True
+
+    def executed(self, rows: int, input_s: float, infer_s: float, output_s: float) -> None:
+        """One backend call answered its batch of `rows`: Triton's execution, inference and compute metrics."""
+        self.execution_count.inc()
+        self.inference_count.inc(rows)
+        self.batch_size.observe(rows)
+        self.compute_input.observe(input_s)
+        self.compute_infer.observe(infer_s)
+        self.compute_output.observe(output_s)
 
     def failure(self, reason: str) -> None:
         self._metrics.request_failure.labels(*self._values, reason).inc()
@@ -218,6 +249,10 @@ class ModelSeries:
             if self._metrics.hold(gauge, labels, -1) <= 0:  # no newer runner holds the same labels
                 gauge.labels(*labels).set(0)
         self._held = []
+        if self._pending is not None:
+            sources, waiting = self._pending
+            sources[:] = [s for s in sources if s is not waiting]
+            self._pending = None
         workers = self._metrics.workers
         if workers is not None and self._refresh in workers.refreshers:
             workers.refreshers.remove(self._refresh)

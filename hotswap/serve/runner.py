@@ -48,10 +48,7 @@ class ModelRunner:
         timeout_ms = config.failover.batch_timeout_ms if config.failover else None
         self._batch_timeout_s = None if timeout_ms is None else timeout_ms / 1000
         self._stuck: set[int] = set()  # instances whose thread is still inside a hung batch
-        self._registry = registry
-        self._metrics = metrics
-        self._config_dir = config_dir
-        self._progress = progress
+        self._registry, self._metrics, self._config_dir, self._progress = registry, metrics, config_dir, progress
         self._executors: list[ThreadPoolExecutor] = []
         self._pipelines: list[Pipeline] = []
         self.source: ModelSource | None = None
@@ -62,6 +59,7 @@ class ModelRunner:
         self._batcher: DynamicBatcher | None = None
         self._inline = InlinePolicy(0, 0, False)
         self._waiting: set[PendingRequest] = set()  # submitted, not answered: what a drain deadline answers
+        self._count_pending = True  # inc/dec the pending gauge; not when it reads _waiting itself
 
     # -- lifecycle -------------------------------------------------------------------
     async def start(self, publish: bool = True) -> None:
@@ -129,6 +127,7 @@ class ModelRunner:
                   "device": self.info.get("device", "unknown")}
         self._series = self._metrics.model_series(labels)
         self._series.load_seconds.set(self.load_seconds)
+        self._count_pending = not self._series.count_pending(self._waiting)
 
     def publish(self) -> None:
         """Show this runner as the one serving: hotswap_backend_info, _selected, _skipped."""
@@ -189,13 +188,15 @@ class ModelRunner:
             series.queue_duration.observe(0.0)
             return self._run_alone(index, inputs, rows)
         request = self._batcher.submit(inputs, rows, timeout_s)
-        series.pending.inc()
+        if self._count_pending:
+            series.pending.inc()
         self._waiting.add(request)
         try:
             return await request.future
         finally:
             self._waiting.discard(request)
-            series.pending.dec()
+            if self._count_pending:
+                series.pending.dec()
             if request.started is not None:
                 series.queue_duration.observe(request.started - request.enqueued)
 
@@ -273,13 +274,8 @@ class ModelRunner:
             self._fail(batch, inputs, exc, t0)
             return
         self._report(BatchOutcome(inputs, results, None, t1 - t0))
-        series = self.series
-        series.execution_count.inc()
-        series.inference_count.inc(batch.rows)
-        series.batch_size.observe(batch.rows)
-        series.compute_input.observe(concat_s + times.preprocess_s)
-        series.compute_infer.observe(times.infer_s)
-        series.compute_output.observe(times.postprocess_s + time.perf_counter() - t1)
+        self.series.executed(batch.rows, concat_s + times.preprocess_s, times.infer_s,
+                             times.postprocess_s + time.perf_counter() - t1)
 
     # -- description -----------------------------------------------------------------
     def platform(self) -> str:
