@@ -248,7 +248,7 @@ class ModelRunner:
     def _run_alone(self, index: int, inputs: Tensors, rows: int) -> Tensors:
         """A batch of one chosen by `DynamicBatcher.lone_slot`: run inline now, without yielding to the loop."""
         t0 = time.perf_counter()
-        request = PendingRequest(inputs, rows, (), asyncio.get_running_loop().create_future(), t0, t0)
+        request = PendingRequest(inputs, rows, (), asyncio.get_running_loop().create_future())
         batch = Batch([request])
         try:
             done = self._pipelines[index].run(inputs)

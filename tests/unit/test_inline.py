@@ -22,6 +22,8 @@ def test_a_call_under_the_bound_goes_inline_for_its_own_instance_only():
     assert policy.inline(1) and not policy.inline(0)
     policy.observe(0, took(200), False)
     assert not policy.inline(0), "the bound itself is not under it"
+    policy.observe(0, took(199.9999), False)
+    assert policy.inline(0), "just under the bound, in microseconds"
 
 
 def test_calls_that_grow_send_it_back_to_its_thread_through_the_running_average():

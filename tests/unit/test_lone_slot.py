@@ -82,7 +82,7 @@ def test_a_delay_offers_a_slot_only_once_waiting_stopped_paying_off_and_keeps_pr
             waited += 1
             await idle(batcher)
         assert 10 <= waited <= 20
-        offered = []
+        offered, decisions = [], batcher._decisions
         for i in range(2 * PROBE_EVERY):
             offered.append(batcher.lone_slot(ANY))
             if offered[-1] is None:  # the probe: through the queue, and its fill waits the delay
@@ -91,6 +91,9 @@ def test_a_delay_offers_a_slot_only_once_waiting_stopped_paying_off_and_keeps_pr
                 assert rec.dispatched_at[-1] - request.enqueued >= 0.019, "the granted probe did not wait"
                 await idle(batcher)
         assert offered.count(None) == 2 and offered.count(0) == 2 * PROBE_EVERY - 2
+        # Each lone_slot call is one more decision of the count the fill's decisions share.
+        probes = [i for i in range(2 * PROBE_EVERY) if (decisions + i + 1) % PROBE_EVERY == 0]
+        assert [i for i, slot in enumerate(offered) if slot is None] == probes
         await batcher.drain_and_stop()
 
     run(body())
@@ -115,6 +118,7 @@ class RecordingOnnxRuntime(OnnxRuntimeBackend):
     name = "onnxruntime"
     tasks: list[str] = []
     POISON = 1e9
+    SHORT = -7.0  # rows equal to SHORT get one output row too few
     SLOW = 7.0  # rows equal to SLOW take SLOW_S longer
 
     SLOW_S = 0.005
@@ -126,7 +130,10 @@ class RecordingOnnxRuntime(OnnxRuntimeBackend):
             raise BackendError("poisoned input")
         if (inputs["x"] == self.SLOW).any():
             time.sleep(self.SLOW_S)
-        return super().run(inputs)
+        outputs = super().run(inputs)
+        if (inputs["x"] == self.SHORT).any():
+            return {name: value[1:] for name, value in outputs.items()}
+        return outputs
 
 
 def _has_loop() -> bool:
@@ -166,10 +173,16 @@ def test_fast_lone_requests_run_in_the_callers_task_with_their_metrics(tiny: Tin
             assert series.inference_count._value.get() == 1 + 2 + 3 + 4
             assert series.queue_duration._sum.get() < 0.5 and _count(series.queue_duration) == 4
             assert _count(series.batch_size) == 4 and series.batch_size._sum.get() == 10
+            assert series.compute_input._sum.get() >= 0 and series.compute_infer._sum.get() > 0
         finally:
             await runner.close()
 
     run(scenario())
+    for seed, outcome in enumerate(outcomes):  # what a shadow or a return probe is offered
+        x = rows(seed + 1, seed)
+        np.testing.assert_array_equal(outcome.inputs["x"], x)
+        np.testing.assert_allclose(outcome.outputs["y"], tiny.reference({"x": x})["y"], atol=1e-5, rtol=0)
+        assert 0 <= outcome.seconds < 5
     # The first call is measured on the instance's thread (through the worker); the rest are lone.
     assert RecordingOnnxRuntime.tasks == ["thread", "caller-1", "caller-2", "caller-3"]
     assert [o.error for o in outcomes] == [None] * 4 and [o.inputs["x"].shape[0] for o in outcomes] == [1, 2, 3, 4]
@@ -199,6 +212,31 @@ def test_a_lone_request_that_fails_fails_alone_and_is_reported(tiny: TinyModels)
     assert RecordingOnnxRuntime.tasks == ["thread", "poisoned", "after"]
     assert [type(o.error) for o in outcomes] == [type(None), BackendError, type(None)]
     assert outcomes[1].backend_failed and outcomes[1].outputs is None
+    assert outcomes[1].inputs["x"][0, 0] == RecordingOnnxRuntime.POISON and 0 <= outcomes[1].seconds < 5
+
+
+def test_outputs_with_too_few_rows_fail_the_request_on_either_path_and_are_reported(tiny: TinyModels):
+    outcomes: list[BatchOutcome] = []
+    short = np.full((2, 8), RecordingOnnxRuntime.SHORT, dtype=np.float32)
+
+    async def scenario() -> None:
+        runner = runner_for(tiny, {"max_queue_delay_ms": 0, "inline_max_us": 100_000}, outcomes)
+        await runner.start()
+        try:
+            for name in ("worker", "lone"):  # the first call goes through the worker, the next one not
+                await idle(runner._batcher)
+                with pytest.raises(BackendError, match=r"output 'y' has shape \[1, 4\]; expected 2 rows"):
+                    await asyncio.create_task(runner.infer({"x": short}, None), name=name)
+            assert runner.series.execution_count._value.get() == 0
+        finally:
+            await runner.close()
+
+    run(scenario())
+    assert RecordingOnnxRuntime.tasks == ["thread", "lone"]
+    for outcome in outcomes:
+        assert isinstance(outcome.error, BackendError) and outcome.outputs is None
+        np.testing.assert_array_equal(outcome.inputs["x"], short)
+        assert 0 <= outcome.seconds < 5
 
 
 def test_slow_calls_and_waiting_batches_go_through_the_worker(tiny: TinyModels):
