@@ -20,6 +20,7 @@ the model's attention implementation, and it behaves as `sdpa` for any other for
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import torch
@@ -27,9 +28,15 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from hotswap.generate.kvcache import PaddedBatch
+from hotswap.errors import BackendError, BackendUnavailable
+from hotswap.generate.kvcache import PaddedBatch, left_padded
 
 IMPLEMENTATION = "hotswap_packed"
+
+# The step being run on this thread. Not passed down as a keyword argument: some decoders' layers
+# do not hand their keyword arguments on to attention (StableLM's), and their attention would then
+# run plain sdpa over the whole packed row, silently wrong.
+_current = threading.local()
 
 
 class PackedStep:
@@ -40,6 +47,7 @@ class PackedStep:
                  width: int, prefill_mask: torch.Tensor | None) -> None:
         self.running, self.decode_rows = running, decode_rows
         self.prefill, self.prefill_rows, self.width = prefill, prefill_rows, width
+        self.updated, self.attended = 0, 0  # layers whose keys were filed, and whose attention ran here
         device = running.device
         masks: list[torch.Tensor] = []
         if decode_rows:
@@ -54,6 +62,7 @@ class PackedStep:
 
     def update(self, keys: torch.Tensor, values: torch.Tensor, layer_idx: int, **_: Any) -> tuple[Any, Any]:
         """keys, values [1, kv_heads, tokens, head_dim] in packed order: appended to their batches."""
+        self.updated += 1
         rows = self.decode_rows
         if rows:
             _append(self.running, layer_idx, keys[0, :, :rows].transpose(0, 1).unsqueeze(2),
@@ -66,6 +75,7 @@ class PackedStep:
     def attention(self, module: Any, query: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         """query [1, heads, tokens, head_dim] -> output [1, tokens, heads, head_dim], packed order;
         `kwargs` (scaling, ...) go to sdpa as the model gave them."""
+        self.attended += 1
         rows, layer, parts = self.decode_rows, module.layer_idx, []
         if rows:
             batch = self.running.layers[layer]
@@ -103,11 +113,41 @@ def fused_forward(model: Any, running: PaddedBatch, tokens: list[int], prefill: 
     keep = torch.arange(rows, device=device)
     if prefill_rows and last_chunk:
         keep = torch.cat([keep, rows + torch.arange(1, prefill_rows + 1, device=device) * width - 1])
-    out = model(input_ids=torch.cat(parts).unsqueeze(0), position_ids=torch.cat(positions).unsqueeze(0),
-                attention_mask=_NO_MASK, use_cache=True, logits_to_keep=keep, packed_step=step,
-                **{running.cache_arg: step})
+    _current.step = step
+    try:
+        out = model(input_ids=torch.cat(parts).unsqueeze(0), position_ids=torch.cat(positions).unsqueeze(0),
+                    attention_mask=_NO_MASK, use_cache=True, logits_to_keep=keep, **{running.cache_arg: step})
+    finally:
+        _current.step = None
+    if step.attended != step.updated or not step.updated:
+        raise BackendError(f"{type(model).__name__} did not attend through the packed step ({step.updated} layers "
+                           f"cached, {step.attended} attended there): its attention bypasses transformers' "
+                           "attention interface, so one fused forward cannot serve it")
     logits = out.logits[0]
     return logits[:rows], (logits[rows:] if prefill_rows and last_chunk else None)
+
+
+def verify_fused(model: Any, device: torch.device, pad_id: int) -> None:
+    """Refuse (BackendUnavailable) a model whose fused step does not give the logits of the two
+    forwards it replaces: a decode step of two left-padded rows and a prompt read on its own. An
+    architecture whose attention or cache does not go through transformers' interfaces fails here,
+    at load, instead of answering wrongly."""
+    use_packed_attention(model)
+    running, fresh = left_padded([[1, 2, 3, 4, 5], [6, 7]], pad_id, device), left_padded([[8, 9, 10]], pad_id, device)
+    with torch.inference_mode():
+        separate, fused = PaddedBatch(model, device), PaddedBatch(model, device)
+        separate.forward(*running)
+        fused.forward(*running)
+        want = torch.cat([separate.decode([11, 12]), PaddedBatch(model, device).forward(*fresh)])
+        try:
+            decoded, read = fused_forward(model, fused, [11, 12], PaddedBatch(model, device), *fresh)
+        except BackendError as exc:
+            raise BackendUnavailable(str(exc)) from None
+        got = decoded if read is None else torch.cat([decoded, read])
+        error = (got - want).abs().max().item() if got.shape == want.shape else float("inf")
+    if not error <= 1e-3 + 1e-2 * want.abs().max().item():
+        raise BackendUnavailable(f"{type(model).__name__}: one fused forward differs from separate decode and "
+                                 f"prefill forwards by {error:.3g} in the logits; it cannot be served")
 
 
 def use_packed_attention(model: Any) -> None:
@@ -119,11 +159,11 @@ def use_packed_attention(model: Any) -> None:
 
 
 def _attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-               attention_mask: torch.Tensor | None, packed_step: PackedStep | None = None,
-               **kwargs: Any) -> tuple[torch.Tensor, None]:
-    if packed_step is None:
+               attention_mask: torch.Tensor | None, **kwargs: Any) -> tuple[torch.Tensor, None]:
+    step: PackedStep | None = getattr(_current, "step", None)
+    if step is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
-    return packed_step.attention(module, query, **kwargs), None
+    return step.attention(module, query, **kwargs), None
 
 
 # A 4-D mask makes transformers skip building its own (each part's mask is built by PackedStep).

@@ -20,6 +20,7 @@ from hotswap.backends.torch_backend import TorchBackend, TorchOptions
 from hotswap.config import BackendEntry, ModelConfig
 from hotswap.errors import BackendUnavailable, InvalidInput
 from hotswap.generate.engine import GenerationEngine
+from hotswap.generate.fused import verify_fused
 from hotswap.generate.metrics import GenerationSeries
 from hotswap.generate.model import LoadedModel, load_model, resolve_folder
 from hotswap.generate.options import GENERATION_BACKEND, GenerationConfig, SamplingParams
@@ -92,7 +93,9 @@ class GenerationService:
         if reason:
             return reason, None
         try:
-            return "", load_model(folder, options.device, options.dtype, options.threads)
+            loaded = load_model(folder, options.device, options.dtype, options.threads)
+            verify_fused(loaded.model, loaded.device, loaded.pad_id)
+            return "", loaded
         except Exception as exc:  # the next entry may still load; the reason is reported
             return f"load failed: {type(exc).__name__}: {exc}", None
 
