@@ -111,14 +111,14 @@ async def served(base: str, concurrency: int, requests: int, tokens: int) -> dic
 
 
 def serve(device: str, threads: int | None, max_sequences: int, workdir: Path,
-          prefill: int = 256) -> tuple[Server, str]:
+          prefill: int = 256, join_wait_ms: float | None = None) -> tuple[Server, str]:
     port = free_port()
     config = workdir / "generate.yaml"
     entry = {"name": "torch", "device": device, **({"threads": threads} if threads else {})}
     config.write_text(json.dumps({"server": {"port": port, "log_level": "warning"}, "models": [{
         "name": "smollm2", "source": "builtin:smollm2", "backends": [entry],
-        "generation": {"max_sequences": max_sequences, "max_waiting": 1024,
-                       "prefill_chunk_tokens": prefill}}]}))
+        "generation": {"max_sequences": max_sequences, "max_waiting": 1024, "prefill_chunk_tokens": prefill,
+                       **({} if join_wait_ms is None else {"join_wait_ms": join_wait_ms})}}]}))
     server = Server("hotswap", [sys.executable, "-m", "hotswap.cli", "serve", "--config", str(config)],
                     f"http://127.0.0.1:{port}/v2/health/ready", workdir / "server.log", cwd=REPO)
     server.wait_ready(600)
@@ -134,6 +134,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads, for both sides (a shared, "
                         "busy machine does better with 1: spinning OpenMP threads fight for cores)")
+    parser.add_argument("--join-wait-ms", type=float, default=None, help="generation.join_wait_ms for the server "
+                        "(default: the server's own); 0 turns the wait for joiners off")
     parser.add_argument("--json", type=Path, default=REPO / "bench" / "results" / "generate-2026-11-29.json")
     args = parser.parse_args()
     from hotswap.models.smollm2 import generation_folder
@@ -145,7 +147,8 @@ def main() -> None:
     log(f"baseline {base['tokens_per_s']:.1f} tokens/s")
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
-        server, url = serve(args.device, args.threads, max(args.concurrency), Path(tmp))
+        server, url = serve(args.device, args.threads, max(args.concurrency), Path(tmp),
+                            join_wait_ms=args.join_wait_ms)
         try:
             for concurrency in args.concurrency:
                 run = asyncio.run(served(url, concurrency, max(args.requests, 4 * concurrency), args.tokens))
@@ -155,6 +158,7 @@ def main() -> None:
         finally:
             server.stop()
     report = {"machine": machine_info(), "device": args.device, "threads": args.threads,
+              "join_wait_ms": args.join_wait_ms,
               "tokens_per_request": args.tokens, "baseline": base, "served": runs}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2) + "\n")
