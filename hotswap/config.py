@@ -48,6 +48,11 @@ class BatchingConfig(StrictModel):
                                       "its first request (at most 10 s).")
     adaptive_delay: bool = Field(True, description="Skip the queue delay while waiting has stopped bringing "
                                  "in more requests (low load); false waits the full delay every time, as Triton.")
+    wait_after_busy: bool = Field(True, description="A worker that frees up and finds less than a full batch "
+                                  "queued still waits up to max_queue_delay_ms (from then, not from the first "
+                                  "request's arrival) for more: clients answered by the last batch send their "
+                                  "next requests within it, and the next batch is full instead of half. false: "
+                                  "the delay counts from the first request's arrival only, as Triton.")
     max_queue_size: int = Field(1024, ge=1, le=65_536, description="Most queued requests; more are answered "
                                 "503 with Retry-After.")
     inline_max_us: int = Field(200, ge=0, le=100_000, description="A backend call that recently took under this "

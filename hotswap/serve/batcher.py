@@ -3,9 +3,9 @@
 Each worker owns one backend instance. It takes the oldest queued request, then keeps
 adding queued requests whose tensors can be stacked with it (same dtypes and non-batch
 dims) until `max_batch_size` rows or until `max_queue_delay_ms` after the first request
-was queued. A batch's failure is set on each of its requests and on nothing else. A
-request whose deadline passes while queued is answered with RequestTimeout and never
-reaches a backend.
+was queued (with `wait_after_busy`, after the worker took it, if that is later). A batch's
+failure is set on each of its requests and on nothing else. A request whose deadline
+passes while queued is answered with RequestTimeout and never reaches a backend.
 """
 
 from __future__ import annotations
@@ -146,7 +146,10 @@ class DynamicBatcher:
         """Add stackable requests to `taken` until it is full or the first one's delay is over."""
         first = taken[0]
         rows, limit = first.rows, self.config.max_batch_size
-        deadline = first.enqueued + self.config.max_queue_delay_ms / 1000
+        # Triton counts the delay from the first request's arrival; after a busy spell that has long
+        # passed, and the batch would leave half full while the last batch's clients are on their way back.
+        opened = max(first.enqueued, time.perf_counter()) if self.config.wait_after_busy else first.enqueued
+        deadline = opened + self.config.max_queue_delay_ms / 1000
         waited = paid_off = False
         while rows < limit:
             more = self._take(first.key, limit - rows)

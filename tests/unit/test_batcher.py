@@ -207,6 +207,29 @@ def test_adaptive_delay_keeps_waiting_while_requests_keep_arriving():
     run(body())
 
 
+@pytest.mark.parametrize("wait_after_busy", [True, False])
+def test_a_worker_freed_after_a_busy_spell_waits_for_company_only_with_wait_after_busy(wait_after_busy):
+    """B and C queue while A's batch runs longer than the delay; when it ends, D arrives 50 ms later.
+    With wait_after_busy the worker waits up to the delay from when it took B: D joins B and C.
+    Without, the delay counts from B's arrival, long passed: B and C leave at once, D alone."""
+    async def body():
+        rec = Recorder(gated=True)
+        batcher = start(rec, max_batch_size=8, max_queue_delay_ms=200, wait_after_busy=wait_after_busy)
+        a = submit(batcher, rows_of(1))
+        await rec.started.wait()
+        b, c = submit(batcher, rows_of(2)), submit(batcher, rows_of(3))
+        await asyncio.sleep(0.3)  # past B's and C's delay
+        rec.gate.set()
+        await a.future
+        await asyncio.sleep(0.05)
+        d = submit(batcher, rows_of(4))
+        await asyncio.gather(b.future, c.future, d.future)
+        await batcher.drain_and_stop()
+        return rec.rows
+
+    assert run(body()) == ([1, 3] if wait_after_busy else [1, 2, 1])
+
+
 def test_zero_delay_dispatches_what_is_there():
     async def body():
         rec = Recorder()
