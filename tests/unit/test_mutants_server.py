@@ -100,4 +100,6 @@ def test_shutdown_answers_the_waiting_just_before_uvicorns_deadline(monkeypatch)
         assert plane.shutting_down and plane.abandoned_at is not None
         return plane.abandoned_at - began
 
-    assert abs(asyncio.run(scenario()) - (1 - ANSWER_MARGIN_S)) < 0.2
+    after = asyncio.run(scenario())
+    # Not before the grace period less the margin; and while uvicorn's drain (0.8 s here) still runs.
+    assert 1 - ANSWER_MARGIN_S - 0.01 <= after < 0.8, after
