@@ -166,6 +166,7 @@ class ModelSeries:
         self._held: list[tuple[Gauge, tuple[str, ...]]] = []
         self._refresh: Callable[[], None] | None = None
         self._pending: tuple[list[Sized], Sized] | None = None
+        self._counted = True  # pending counted per request; False once it reads a waiting set (kept past retire)
         self.success = metrics.request_success.labels(*values)
         self.inference_count = metrics.inference_count.labels(*values)
         self.execution_count = metrics.execution_count.labels(*values)
@@ -178,16 +179,26 @@ class ModelSeries:
         self.batch_size = metrics.batch_size.labels(*values)
         self.load_seconds = metrics.model_load_seconds.labels(*values)
 
-    def count_pending(self, waiting: Sized) -> bool:
-        """Show `len(waiting)` in this series' pending gauge, read at each scrape, until `retire()`: no
-        per-request update. False under --workers (a scrape reads other processes' files, not this
-        set): the caller then counts with `pending.inc()` / `dec()`."""
+    def count_pending(self, waiting: Sized) -> None:
+        """Show `len(waiting)` in this series' pending gauge, read at each scrape, until `retire()`, so
+        `queued()` / `answered()` update nothing. Not under --workers: a scrape there reads other
+        processes' files, not this set, and those two count the gauge up and down."""
         if self._metrics.workers is not None:
-            return False
+            return
         sources = self._metrics.pending_sources(self._values)
         sources.append(waiting)
         self._pending = (sources, waiting)
-        return True
+        self._counted = False
+
+    def queued(self) -> None:
+        """A request was queued (the pending gauge counts it unless it reads the waiting set)."""
+        if self._counted:
+            self.pending.inc()
+
+    def answered(self) -> None:
+        """A queued request left: answered, failed or cancelled."""
+        if self._counted:
+            self.pending.dec()
 
     def executed(self, rows: int, input_s: float, infer_s: float, output_s: float) -> None:
         """One backend call answered its batch of `rows`: Triton's execution, inference and compute metrics."""

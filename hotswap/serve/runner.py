@@ -59,7 +59,6 @@ class ModelRunner:
         self._batcher: DynamicBatcher | None = None
         self._inline = InlinePolicy(0, 0, False)
         self._waiting: set[PendingRequest] = set()  # submitted, not answered: what a drain deadline answers
-        self._count_pending = True  # inc/dec the pending gauge; not when it reads _waiting itself
 
     # -- lifecycle -------------------------------------------------------------------
     async def start(self, publish: bool = True) -> None:
@@ -127,7 +126,7 @@ class ModelRunner:
                   "device": self.info.get("device", "unknown")}
         self._series = self._metrics.model_series(labels)
         self._series.load_seconds.set(self.load_seconds)
-        self._count_pending = not self._series.count_pending(self._waiting)
+        self._series.count_pending(self._waiting)
 
     def publish(self) -> None:
         """Show this runner as the one serving: hotswap_backend_info, _selected, _skipped."""
@@ -188,15 +187,13 @@ class ModelRunner:
             series.queue_duration.observe(0.0)
             return self._run_alone(index, inputs, rows)
         request = self._batcher.submit(inputs, rows, timeout_s)
-        if self._count_pending:
-            series.pending.inc()
+        series.queued()
         self._waiting.add(request)
         try:
             return await request.future
         finally:
             self._waiting.discard(request)
-            if self._count_pending:
-                series.pending.dec()
+            series.answered()
             if request.started is not None:
                 series.queue_duration.observe(request.started - request.enqueued)
 
