@@ -77,6 +77,7 @@ def run_mutmut(names: list[str], budget_s: float, deadline: float, children: int
     """One `mutmut run` of `names`; False when it was stopped at the deadline."""
     env = dict(os.environ, HOTSWAP_MUTATE_BUDGET_S=str(budget_s))
     env.setdefault("HOTSWAP_TEST_TINY_CACHE", str(ROOT / ".pytest_cache" / "mutate_tiny"))
+    env.setdefault("HOTSWAP_TEST_PLUGIN_CACHE", str(ROOT / ".pytest_cache" / "mutate_plugins"))
     env.setdefault("HOTSWAP_TEST_HOME", str(ROOT / ".pytest_cache" / "hotswap_home"))
     mutmut = Path(sys.executable).with_name("mutmut")
     shown = names if len(names) <= 3 else [*names[:3], f"... ({len(names)} mutants)"]

@@ -130,6 +130,22 @@ def _infer_operation(versioned: bool) -> dict:
     }}
 
 
+def _lift_defs(node: object, components: dict) -> None:
+    """Move the `$defs` of request bodies given as whole pydantic schemas (openapi_extra) into the
+    components, pointing their references there: in the OpenAPI document `#/$defs/...` would
+    resolve against the document's root, where no `$defs` is."""
+    if isinstance(node, dict):
+        components.update(node.pop("$defs", {}))
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/$defs/"):
+            node["$ref"] = "#/components/schemas/" + ref.removeprefix("#/$defs/")
+        for value in node.values():
+            _lift_defs(value, components)
+    elif isinstance(node, list):
+        for value in node:
+            _lift_defs(value, components)
+
+
 def v2_openapi(app: FastAPI) -> dict:
     """The app's OpenAPI description, with the infer routes (plain Starlette routes) added."""
     if app.openapi_schema is None:
@@ -142,5 +158,6 @@ def v2_openapi(app: FastAPI) -> dict:
             components[model.__name__] = definition
         schema["paths"]["/v2/models/{model}/infer"] = _infer_operation(False)
         schema["paths"]["/v2/models/{model}/versions/{version}/infer"] = _infer_operation(True)
+        _lift_defs(schema["paths"], components)
         app.openapi_schema = schema
     return app.openapi_schema

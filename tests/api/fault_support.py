@@ -7,6 +7,8 @@ folder (never the venv) and puts that folder on sys.path, so `discover_backends(
 
 from __future__ import annotations
 
+import hashlib
+import os
 import shutil
 import subprocess
 import sys
@@ -42,9 +44,29 @@ def install_fault_plugin(root: Path) -> Path:
     return site
 
 
+def fault_plugin_root(tmp_path_factory) -> Path:
+    """Where the plugin is installed: the session's temp folder; with $HOTSWAP_TEST_PLUGIN_CACHE set
+    (`make mutate`, which starts thousands of short sessions) a folder there named by a digest of the
+    plugin's sources, so it is installed once and again only after the plugin changes."""
+    cache = os.environ.get("HOTSWAP_TEST_PLUGIN_CACHE")
+    if not cache:
+        return tmp_path_factory.getbasetemp() / "fault_plugin"
+    digest = hashlib.sha256()
+    for path in sorted(p for p in PLUGIN.rglob("*") if p.is_file() and "egg-info" not in str(p)
+                       and "build" not in p.relative_to(PLUGIN).parts and "__pycache__" not in p.parts):
+        digest.update(str(path.relative_to(PLUGIN)).encode() + b"\0" + path.read_bytes())
+    return Path(cache) / f"fault-{digest.hexdigest()[:16]}"
+
+
 def fault_registry_for(tmp_path_factory) -> BackendRegistry:
-    """Install the plugin once per session (shared folder) and discover backends with it."""
-    install_fault_plugin(tmp_path_factory.getbasetemp() / "fault_plugin")
+    """Install the plugin once per session (or once per cache, see `fault_plugin_root`) and discover
+    backends with it."""
+    from filelock import FileLock
+
+    root = fault_plugin_root(tmp_path_factory)
+    root.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(root / ".lock")):  # two mutation workers may start at once
+        install_fault_plugin(root)
     registry = discover_backends()
     assert registry.get("fault") is not None, registry.failed
     return registry

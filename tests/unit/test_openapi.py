@@ -1,0 +1,125 @@
+"""The OpenAPI description (/openapi.json) as its readers use it: every reference resolves, the
+infer routes hotswap answers as plain ASGI are described, and real v2 requests and answers
+validate against their schemas while malformed ones do not. schemathesis (tests/api/test_fuzz.py)
+and generated clients are driven from this document, so a wrong schema is a wrong client."""
+
+from __future__ import annotations
+
+import jsonschema
+import pytest
+
+from hotswap.backends.registry import BackendRegistry
+from hotswap.config import HotswapConfig
+from hotswap.serve.app import create_app
+
+ERROR_CODES = {"400": "Invalid input", "401": "No or unknown token", "403": "Token scope too small",
+               "404": "Unknown model", "413": "Over a limit", "503": "Not ready or queue full",
+               "504": "Queue deadline passed"}
+REQUEST = {"id": "r1", "parameters": {"timeout": 5000},
+           "inputs": [{"name": "x", "shape": [2, 2], "datatype": "FP32", "data": [1.0, 2.0, 3.0, 4.0]},
+                      {"name": "b", "shape": [1], "datatype": "BYTES", "parameters": {"binary_data_size": 7}}],
+           "outputs": [{"name": "y", "parameters": {"binary_data": True}}]}
+ANSWER = {"model_name": "tiny", "model_version": "1", "id": "r1",
+          "outputs": [{"name": "y", "shape": [2, 4], "datatype": "FP32", "data": [0.5] * 8}]}
+
+
+@pytest.fixture(scope="module")
+def document() -> dict:
+    return create_app(HotswapConfig(), BackendRegistry()).openapi()
+
+
+def refs(node: object) -> list[str]:
+    if isinstance(node, dict):
+        return [v for k, v in node.items() if k == "$ref"] + [r for v in node.values() for r in refs(v)]
+    if isinstance(node, list):
+        return [r for v in node for r in refs(v)]
+    return []
+
+
+def validator(document: dict, name: str) -> jsonschema.Draft202012Validator:
+    """A validator for one component, resolving its references inside the whole document."""
+    return jsonschema.Draft202012Validator({"$ref": f"#/components/schemas/{name}", **document})
+
+
+def test_every_reference_resolves_to_a_component(document: dict) -> None:
+    # A second app too: the request bodies given as pydantic schemas are shared module constants.
+    for doc in (document, create_app(HotswapConfig(), BackendRegistry()).openapi()):
+        components = doc["components"]["schemas"]
+        found = refs(doc)
+        assert {"#/components/schemas/InferenceRequest", "#/components/schemas/RequestInput",
+                "#/components/schemas/ChatMessage"} <= set(found)
+        for ref in found:
+            assert ref.startswith("#/components/schemas/"), ref
+            assert ref.removeprefix("#/components/schemas/") in components, ref
+
+
+def test_a_chat_request_validates_through_its_lifted_message_schema(document: dict) -> None:
+    body = document["paths"]["/v1/chat/completions"]["post"]["requestBody"]["content"]["application/json"]
+    check = jsonschema.Draft202012Validator({**body["schema"], "components": document["components"]})
+    check.validate({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+    with pytest.raises(jsonschema.ValidationError):
+        check.validate({"model": "m", "messages": [{"role": 3, "content": "hi"}]})
+
+
+def test_infer_routes_are_described_with_their_path_parameters(document: dict) -> None:
+    plain = document["paths"]["/v2/models/{model}/infer"]["post"]
+    versioned = document["paths"]["/v2/models/{model}/versions/{version}/infer"]["post"]
+    assert (plain["operationId"], versioned["operationId"]) == ("infer", "infer_versioned")
+    assert [p["name"] for p in plain["parameters"]] == ["model"]
+    assert [p["name"] for p in versioned["parameters"]] == ["model", "version"]
+    for op in (plain, versioned):
+        assert op["summary"] == "Infer"
+        assert all(p["in"] == "path" and p["required"] is True and p["schema"] == {"type": "string"}
+                   for p in op["parameters"])
+        body = op["requestBody"]
+        assert body["required"] is True
+        assert body["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/InferenceRequest"}
+        ok = op["responses"]["200"]
+        assert ok["description"] == "Outputs"
+        assert ok["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/InferenceResponse"}
+        errors = {code: answer for code, answer in op["responses"].items() if code != "200"}
+        assert {code: answer["description"] for code, answer in errors.items()} == ERROR_CODES
+        for answer in errors.values():
+            assert answer["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorResponse"}
+
+
+def test_the_document_is_built_once(document: dict) -> None:
+    app = create_app(HotswapConfig(), BackendRegistry())
+    first = app.openapi()
+    assert app.openapi() is first
+    assert first["info"]["title"] == "hotswap"
+    assert "Open Inference Protocol v2" in first["info"]["description"]
+
+
+def test_a_real_v2_request_and_answer_validate(document: dict) -> None:
+    validator(document, "InferenceRequest").validate(REQUEST)
+    validator(document, "InferenceRequest").validate({"inputs": []})
+    validator(document, "InferenceResponse").validate(ANSWER)
+    validator(document, "ErrorResponse").validate({"error": "inputs.0.shape: expected ..."})
+
+
+@pytest.mark.parametrize(("component", "bad"), [
+    ("InferenceRequest", {"id": "r"}),  # inputs are required
+    ("InferenceRequest", {"inputs": [{"name": "x", "shape": [1], "datatype": "FP33", "data": [1]}]}),
+    ("InferenceRequest", {"inputs": [{"name": "x", "shape": ["1"], "datatype": "FP32", "data": [1]}]}),
+    ("InferenceRequest", {"inputs": [{"shape": [1], "datatype": "FP32", "data": [1]}]}),
+    ("InferenceRequest", {"inputs": [{"name": "x", "shape": [1], "datatype": "FP32"}], "outputs": [{}]}),
+    ("InferenceRequest", {"inputs": [], "parameters": [1]}),
+    ("InferenceResponse", {"outputs": []}),  # model_name is required
+    ("InferenceResponse", {"model_name": "m", "outputs": [{"name": "y", "shape": [1], "data": [1]}]}),
+    ("ErrorResponse", {"message": "no"}),
+])
+def test_malformed_objects_do_not_validate(document: dict, component: str, bad: dict) -> None:
+    with pytest.raises(jsonschema.ValidationError):
+        validator(document, component).validate(bad)
+
+
+def test_every_v2_datatype_is_allowed_and_documented(document: dict) -> None:
+    components = document["components"]["schemas"]
+    datatypes = {"BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
+                 "FP16", "FP32", "FP64", "BF16", "BYTES"}
+    for name in ("RequestInput", "ResponseOutput"):
+        assert set(components[name]["properties"]["datatype"]["enum"]) == datatypes
+    assert "microseconds" in components["InferenceRequest"]["properties"]["parameters"]["description"]
+    assert "binary_data_size" in components["RequestInput"]["properties"]["data"]["description"]
+    assert "naming the field" in components["ErrorResponse"]["properties"]["error"]["description"]
