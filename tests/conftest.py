@@ -49,3 +49,37 @@ def minilm_source():
 
     home = os.environ.get("HOTSWAP_TEST_HOME") or Path(__file__).resolve().parents[1] / ".pytest_cache" / "hotswap_home"
     return prepare(Path(home))
+
+
+#: The tiny causal LM's words (its tokenizer is word-level: one token per whitespace-separated word).
+TINY_LLM_WORDS = ["system", "user", "assistant", ":"] + [f"w{i}" for i in range(60)]
+
+
+@pytest.fixture(scope="session")
+def tiny_llm(tmp_path_factory) -> Path:
+    """A causal-LM folder hotswap generates with, in about a second and offline: a 2-layer Llama with
+    random weights (fixed seed), a word-level fast tokenizer and a chat template. Its text is
+    gibberish but deterministic; tests/generate checks real text against transformers on SmolLM2."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    folder = tmp_path_factory.mktemp("tiny_llm")
+    vocab = {"<s>": 0, "</s>": 1, "<unk>": 2, "<pad>": 3} | {w: i + 4 for i, w in enumerate(TINY_LLM_WORDS)}
+    words = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    words.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    words.decoder = decoders.WordPiece(prefix="##")  # joins the words with spaces
+    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=words, bos_token="<s>", eos_token="</s>",
+                                                     unk_token="<unk>", pad_token="<pad>")
+    tokenizer.chat_template = ("{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} {% endfor %}"
+                               "{% if add_generation_prompt %}assistant :{% endif %}")
+    tokenizer.save_pretrained(folder)
+    config = transformers.LlamaConfig(vocab_size=len(vocab), hidden_size=16, intermediate_size=32,
+                                      num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+                                      max_position_embeddings=512, bos_token_id=0, eos_token_id=1, pad_token_id=3)
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(config)
+    with torch.no_grad():  # special tokens' logits 0, below the best word's: greedy text is all words
+        model.lm_head.weight[:4] = 0
+    model.save_pretrained(folder, safe_serialization=True)
+    return folder
