@@ -23,8 +23,10 @@ ANSWER = {"model_name": "tiny", "model_version": "1", "id": "r1",
           "outputs": [{"name": "y", "shape": [2, 4], "datatype": "FP32", "data": [0.5] * 8}]}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def document() -> dict:
+    # Built for each test (a few ms): `make mutate` maps a function to the tests that ran it, and a
+    # module-wide document would be built, and mapped, in the first test only.
     return create_app(HotswapConfig(), BackendRegistry()).openapi()
 
 
@@ -41,7 +43,7 @@ def validator(document: dict, name: str) -> jsonschema.Draft202012Validator:
     return jsonschema.Draft202012Validator({"$ref": f"#/components/schemas/{name}", **document})
 
 
-def test_every_reference_resolves_to_a_component(document: dict) -> None:
+def test_every_reference_in_the_document_resolves_to_a_component(document: dict) -> None:
     # A second app too: the request bodies given as pydantic schemas are shared module constants.
     for doc in (document, create_app(HotswapConfig(), BackendRegistry()).openapi()):
         components = doc["components"]["schemas"]
@@ -53,7 +55,7 @@ def test_every_reference_resolves_to_a_component(document: dict) -> None:
             assert ref.removeprefix("#/components/schemas/") in components, ref
 
 
-def test_a_chat_request_validates_through_its_lifted_message_schema(document: dict) -> None:
+def test_a_chat_request_validates_through_its_lifted_message_schema_only(document: dict) -> None:
     body = document["paths"]["/v1/chat/completions"]["post"]["requestBody"]["content"]["application/json"]
     check = jsonschema.Draft202012Validator({**body["schema"], "components": document["components"]})
     check.validate({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
@@ -61,7 +63,7 @@ def test_a_chat_request_validates_through_its_lifted_message_schema(document: di
         check.validate({"model": "m", "messages": [{"role": 3, "content": "hi"}]})
 
 
-def test_infer_routes_are_described_with_their_path_parameters(document: dict) -> None:
+def test_both_infer_routes_are_described_with_path_parameters_body_and_answers(document: dict) -> None:
     plain = document["paths"]["/v2/models/{model}/infer"]["post"]
     versioned = document["paths"]["/v2/models/{model}/versions/{version}/infer"]["post"]
     assert (plain["operationId"], versioned["operationId"]) == ("infer", "infer_versioned")
@@ -83,7 +85,7 @@ def test_infer_routes_are_described_with_their_path_parameters(document: dict) -
             assert answer["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorResponse"}
 
 
-def test_the_document_is_built_once(document: dict) -> None:
+def test_the_document_is_built_once_per_app(document: dict) -> None:
     app = create_app(HotswapConfig(), BackendRegistry())
     first = app.openapi()
     assert app.openapi() is first
@@ -91,7 +93,7 @@ def test_the_document_is_built_once(document: dict) -> None:
     assert "Open Inference Protocol v2" in first["info"]["description"]
 
 
-def test_a_real_v2_request_and_answer_validate(document: dict) -> None:
+def test_a_real_v2_request_answer_and_error_validate(document: dict) -> None:
     validator(document, "InferenceRequest").validate(REQUEST)
     validator(document, "InferenceRequest").validate({"inputs": []})
     validator(document, "InferenceResponse").validate(ANSWER)
@@ -109,12 +111,12 @@ def test_a_real_v2_request_and_answer_validate(document: dict) -> None:
     ("InferenceResponse", {"model_name": "m", "outputs": [{"name": "y", "shape": [1], "data": [1]}]}),
     ("ErrorResponse", {"message": "no"}),
 ])
-def test_malformed_objects_do_not_validate(document: dict, component: str, bad: dict) -> None:
+def test_malformed_v2_objects_do_not_validate(document: dict, component: str, bad: dict) -> None:
     with pytest.raises(jsonschema.ValidationError):
         validator(document, component).validate(bad)
 
 
-def test_every_v2_datatype_is_allowed_and_documented(document: dict) -> None:
+def test_every_v2_datatype_is_allowed_and_the_fields_are_documented(document: dict) -> None:
     components = document["components"]["schemas"]
     datatypes = {"BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
                  "FP16", "FP32", "FP64", "BF16", "BYTES"}
