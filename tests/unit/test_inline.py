@@ -63,3 +63,12 @@ def test_a_probe_that_is_slow_inline_too_sends_it_back_and_slow_calls_are_never_
     assert not any(slow.decide(0) for _ in range(4 * PROBE_EVERY))
     never = InlinePolicy(200, 1, allowed=True)
     assert not any(never.decide(0) for _ in range(4 * PROBE_EVERY)), "an unmeasured instance is never probed"
+
+
+def test_an_inline_call_replaces_an_average_exactly_at_the_bound():
+    policy = InlinePolicy(max_us=100, instances=1, allowed=True)
+    policy.observe(0, StageTimes(0.0, 100e-6, 0.0), ran_inline=False)  # average == the bound: not inline
+    assert not policy.inline(0)
+    policy.observe(0, StageTimes(0.0, 0.0, 0.0), ran_inline=True)  # a probe: its time replaces the average
+    policy.observe(0, StageTimes(0.0, 400e-6, 0.0), ran_inline=False)  # 0 + 0.2 x 400 µs = 80 µs
+    assert policy.inline(0)
