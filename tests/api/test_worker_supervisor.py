@@ -19,6 +19,8 @@ import pytest
 from hotswap.config import parse_config
 from hotswap.serve.workers import MULTIPROC_ENV, WORKER_HEADER, WorkerSupervisor, bind_reuseport, prepare_metrics_dir
 
+ONE_ROW = {"inputs": [{"name": "x", "shape": [1, 8], "datatype": "FP32", "data": [0.5] * 8}]}
+
 
 @pytest.fixture
 def supervisor_env(monkeypatch):
@@ -46,8 +48,7 @@ def pids_answering(port: int, want: int, exclude: frozenset[str] = frozenset(), 
     while len(seen - exclude) < want:
         assert time.monotonic() < deadline, f"only {seen} answered"
         try:
-            answer = httpx.post(f"http://127.0.0.1:{port}/v2/models/tiny/infer", timeout=5,
-                                json={"inputs": [{"name": "x", "shape": [1, 8], "datatype": "FP32", "data": [0.5] * 8}]})
+            answer = httpx.post(f"http://127.0.0.1:{port}/v2/models/tiny/infer", timeout=5, json=ONE_ROW)
         except httpx.TransportError:
             time.sleep(0.1)
             continue
