@@ -37,6 +37,21 @@ def _repository(tiny_llm: Path, registry: BackendRegistry, metrics: Metrics) -> 
     return ModelRepository(config, registry, metrics, config_dir=tiny_llm.parent)
 
 
+async def _loaded_and_generating(repo: ModelRepository):
+    """Load `gen` and start a generation on it; returns the service and the generation's task once it runs."""
+    await repo.load("gen")
+    service = repo.ready_generator("gen")
+    running = asyncio.create_task(_generate(service))
+    while not service.engine.live:
+        await asyncio.sleep(0.01)
+    return service, running
+
+
+def _finished_whole(chunks: list) -> None:
+    assert chunks[-1].error is None
+    assert (chunks[-1].finish, chunks[-1].completion_tokens) == ("length", TOKENS)
+
+
 async def _generate(service, words: str = "w1 w2 w3") -> list:
     params = SamplingParams(max_tokens=TOKENS, temperature=0.0, ignore_eos=True)
     return [chunk async for chunk in service.submit(service.prompt_ids(words), params).chunks()]
@@ -69,11 +84,7 @@ def test_a_generating_model_loads_from_its_config_folder_and_is_counted(tiny_llm
 def test_a_reload_replaces_the_service_and_lets_a_running_generation_finish(tiny_llm, registry):
     async def go():
         repo = _repository(tiny_llm, registry, Metrics())
-        await repo.load("gen")
-        old = repo.ready_generator("gen")
-        running = asyncio.create_task(_generate(old))
-        while not old.engine.live:
-            await asyncio.sleep(0.01)
+        old, running = await _loaded_and_generating(repo)
         reload = asyncio.create_task(repo.load("gen"))  # closes the old one with the drain deadline
         await asyncio.sleep(0)
         assert repo.index()[0]["state"] == "READY" and repo.ready_generator("gen") is old  # serving meanwhile
@@ -85,9 +96,7 @@ def test_a_reload_replaces_the_service_and_lets_a_running_generation_finish(tiny
         await repo.close()
         return chunks
 
-    chunks = asyncio.run(go())
-    assert chunks[-1].error is None
-    assert (chunks[-1].finish, chunks[-1].completion_tokens) == ("length", TOKENS)
+    _finished_whole(asyncio.run(go()))
 
 
 def test_a_failed_reload_keeps_the_loaded_service_ready(tiny_llm, registry):
@@ -114,16 +123,10 @@ def test_a_failed_reload_keeps_the_loaded_service_ready(tiny_llm, registry):
 def test_an_unload_lets_a_running_generation_finish(tiny_llm, registry):
     async def go():
         repo = _repository(tiny_llm, registry, Metrics())
-        await repo.load("gen")
-        service = repo.ready_generator("gen")
-        running = asyncio.create_task(_generate(service))
-        while not service.engine.live:
-            await asyncio.sleep(0.01)
+        service, running = await _loaded_and_generating(repo)
         await repo.unload("gen")
         assert service.engine is None
         assert repo.index() == [{"name": "gen", "version": "1", "state": "UNAVAILABLE", "reason": "unloaded"}]
         return await running
 
-    chunks = asyncio.run(go())
-    assert chunks[-1].error is None
-    assert (chunks[-1].finish, chunks[-1].completion_tokens) == ("length", TOKENS)
+    _finished_whole(asyncio.run(go()))
