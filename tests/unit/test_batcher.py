@@ -504,6 +504,27 @@ def test_a_cancelled_request_frees_its_slot_and_is_not_run():
     run(body())
 
 
+def test_the_deadline_of_a_request_cancelled_in_the_queue_passes_silently():
+    """Its timer still fires, on a future already done: that must be a no-op, not an error the
+    event loop reports (`set_exception` on a cancelled future raises InvalidStateError)."""
+    async def body():
+        reported: list[dict] = []
+        asyncio.get_running_loop().set_exception_handler(lambda loop, context: reported.append(context))
+        rec = Recorder(gated=True)
+        batcher = start(rec, max_batch_size=4, max_queue_delay_ms=0)
+        blocker = submit(batcher, rows_of(0))
+        await rec.started.wait()
+        cancelled = submit(batcher, rows_of(1), timeout_s=0.02)
+        cancelled.future.cancel()
+        await asyncio.sleep(0.1)  # past its deadline
+        rec.gate.set()
+        await blocker.future
+        await batcher.drain_and_stop()
+        assert reported == []
+
+    run(body())
+
+
 # -- stacking -------------------------------------------------------------------------------
 
 def test_different_stack_keys_are_not_stacked():

@@ -347,7 +347,7 @@ def test_a_call_s_timeout_or_else_the_model_s_default_bounds_its_wait_in_the_que
             assert await asyncio.to_thread(Gate.entered.wait, 10)
             try:
                 errors = []
-                for timeout_s in (0.04, None):
+                for timeout_s in (0.6, None):  # 600 ms: a wrong scale shows in the message (601)
                     with pytest.raises(RequestTimeout) as info:
                         await asyncio.wait_for(plane.call("tiny").infer({"x": X}, timeout_s), 5)
                     errors.append(str(info.value))
@@ -356,7 +356,7 @@ def test_a_call_s_timeout_or_else_the_model_s_default_bounds_its_wait_in_the_que
             await first
             return errors
 
-    assert asyncio.run(go()) == ["request timed out after 40 ms in the queue (timeout)",
+    assert asyncio.run(go()) == ["request timed out after 600 ms in the queue (timeout)",
                                  "request timed out after 60 ms in the queue (timeout)"]
 
 
