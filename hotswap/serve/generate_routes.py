@@ -30,8 +30,9 @@ from hotswap.serve.generate_common import (
     sampling_params,
     sse,
 )
-from hotswap.serve.generate_schemas import GENERATE_ANSWERS, GENERATE_BODY, GENERATE_STREAM_ANSWERS
+from hotswap.serve.generate_schemas import GenerateRequest, GenerateResponse, answers, request_body
 from hotswap.serve.routes import json_object, json_response
+from hotswap.serve.schemas import ErrorResponse
 
 if TYPE_CHECKING:  # the engine pulls in torch and transformers: imported when a model generates
     from hotswap.generate.service import Generation
@@ -129,9 +130,10 @@ async def generate_stream(request: Request) -> Response:
 def install(app: FastAPI) -> None:
     """Add the generate routes (the guard gives them the `infer` scope and the body limits)."""
     router = APIRouter(tags=["Generate"])
+    body = request_body(GenerateRequest)
     for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
-        router.add_api_route(f"{prefix}/generate", generate, methods=["POST"], responses=GENERATE_ANSWERS,
-                             openapi_extra=GENERATE_BODY)
+        router.add_api_route(f"{prefix}/generate", generate, methods=["POST"],
+                             responses=answers(GenerateResponse, ErrorResponse, False), openapi_extra=body)
         router.add_api_route(f"{prefix}/generate_stream", generate_stream, methods=["POST"],
-                             responses=GENERATE_STREAM_ANSWERS, openapi_extra=GENERATE_BODY)
+                             responses=answers(GenerateResponse, ErrorResponse, True), openapi_extra=body)
     app.include_router(router)

@@ -10,9 +10,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from hotswap.serve.openai_schemas import OpenAIErrorResponse
-from hotswap.serve.schemas import ErrorResponse
-
 
 class Sampling(BaseModel):
     """Sampling fields shared by every generation endpoint."""
@@ -86,11 +83,13 @@ class Completion(BaseModel):
     usage: dict[str, int] | None = None
 
 
-def _body(model: type[BaseModel]) -> dict:
+def request_body(model: type[BaseModel]) -> dict:
+    """A route's `openapi_extra`: its JSON body is `model` (bodies are read by hand, not by FastAPI)."""
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
 
 
-def _answers(ok: type[BaseModel], error: type[BaseModel], stream: bool) -> dict[int | str, dict]:
+def answers(ok: type[BaseModel], error: type[BaseModel], stream: bool) -> dict[int | str, dict]:
+    """A route's `responses`: `ok` as JSON (and, for `stream`, Server-Sent Events), `error` for each refusal."""
     content: dict[str, dict] = {"application/json": {}}
     if stream:
         content["text/event-stream"] = {"schema": {"type": "string"}}
@@ -98,10 +97,3 @@ def _answers(ok: type[BaseModel], error: type[BaseModel], stream: bool) -> dict[
     answers.update({code: {"model": error} for code in (400, 401, 403, 404, 408, 413, 503)})
     return answers
 
-
-GENERATE_BODY = _body(GenerateRequest)
-GENERATE_ANSWERS = _answers(GenerateResponse, ErrorResponse, False)
-GENERATE_STREAM_ANSWERS = _answers(GenerateResponse, ErrorResponse, True)
-CHAT_BODY = _body(ChatCompletionRequest)
-COMPLETIONS_BODY = _body(CompletionRequest)
-OPENAI_ANSWERS = _answers(Completion, OpenAIErrorResponse, True)

@@ -24,8 +24,9 @@ from fastapi.responses import StreamingResponse
 from hotswap.errors import HotswapError
 from hotswap.serve.disconnect import cancel_on_disconnect
 from hotswap.serve.generate_common import SSE_HEADERS, SSE_MEDIA_TYPE, GenerationCall, prompt_ids, sampling_params, sse
-from hotswap.serve.generate_schemas import CHAT_BODY, COMPLETIONS_BODY, OPENAI_ANSWERS
+from hotswap.serve.generate_schemas import ChatCompletionRequest, Completion, CompletionRequest, answers, request_body
 from hotswap.serve.openai_routes import InvalidRequest, openai_error_body
+from hotswap.serve.openai_schemas import OpenAIErrorResponse
 from hotswap.serve.routes import json_object, json_response
 
 if TYPE_CHECKING:  # the engine pulls in torch and transformers: imported when a model generates
@@ -201,8 +202,9 @@ async def completions(request: Request) -> Response:
 def install(app: FastAPI) -> None:
     """Add /v1/chat/completions and /v1/completions (infer scope and body limits come from the guard)."""
     router = APIRouter(tags=["OpenAI"])
-    router.add_api_route("/v1/chat/completions", chat_completions, methods=["POST"], responses=OPENAI_ANSWERS,
-                         openapi_extra=CHAT_BODY)
-    router.add_api_route("/v1/completions", completions, methods=["POST"], responses=OPENAI_ANSWERS,
-                         openapi_extra=COMPLETIONS_BODY)
+    documented = answers(Completion, OpenAIErrorResponse, True)
+    router.add_api_route("/v1/chat/completions", chat_completions, methods=["POST"], responses=documented,
+                         openapi_extra=request_body(ChatCompletionRequest))
+    router.add_api_route("/v1/completions", completions, methods=["POST"], responses=documented,
+                         openapi_extra=request_body(CompletionRequest))
     app.include_router(router)

@@ -125,3 +125,44 @@ def test_every_v2_datatype_is_allowed_and_the_fields_are_documented(document: di
     assert "microseconds" in components["InferenceRequest"]["properties"]["parameters"]["description"]
     assert "binary_data_size" in components["RequestInput"]["properties"]["data"]["description"]
     assert "naming the field" in components["ErrorResponse"]["properties"]["error"]["description"]
+
+
+GENERATION_ERRORS = {"400", "401", "403", "404", "408", "413", "503"}
+
+
+def _operation(document: dict, path: str) -> dict:
+    return document["paths"][path]["post"]
+
+
+def test_the_generate_routes_document_their_body_answers_and_stream(document: dict) -> None:
+    for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
+        whole, stream = _operation(document, f"{prefix}/generate"), _operation(document, f"{prefix}/generate_stream")
+        for op in (whole, stream):
+            body = op["requestBody"]
+            assert body["required"] is True
+            schema = body["content"]["application/json"]["schema"]
+            assert schema["title"] == "GenerateRequest" and "text_input" in schema["required"]
+            assert schema["additionalProperties"] is False
+            assert set(op["responses"]) == {"200"} | GENERATION_ERRORS
+            for code in GENERATION_ERRORS:
+                assert op["responses"][code]["content"]["application/json"]["schema"] == \
+                    {"$ref": "#/components/schemas/ErrorResponse"}
+            assert op["responses"]["200"]["content"]["application/json"]["schema"] == \
+                {"$ref": "#/components/schemas/GenerateResponse"}
+        assert "text/event-stream" not in whole["responses"]["200"]["content"]
+        assert stream["responses"]["200"]["content"]["text/event-stream"] == {"schema": {"type": "string"}}
+
+
+def test_the_openai_generation_routes_document_their_bodies_and_openai_errors(document: dict) -> None:
+    for path, title in (("/v1/chat/completions", "ChatCompletionRequest"), ("/v1/completions", "CompletionRequest")):
+        op = _operation(document, path)
+        assert op["requestBody"]["required"] is True
+        assert op["requestBody"]["content"]["application/json"]["schema"]["title"] == title
+        ok = op["responses"]["200"]["content"]
+        assert ok["application/json"]["schema"] == {"$ref": "#/components/schemas/Completion"}
+        assert ok["text/event-stream"] == {"schema": {"type": "string"}}
+        for code in GENERATION_ERRORS:
+            assert op["responses"][code]["content"]["application/json"]["schema"] == \
+                {"$ref": "#/components/schemas/OpenAIErrorResponse"}
+    chat = _operation(document, "/v1/chat/completions")["requestBody"]["content"]["application/json"]["schema"]
+    assert chat["properties"]["messages"]["items"] == {"$ref": "#/components/schemas/ChatMessage"}
