@@ -76,7 +76,7 @@ def tiny_llm(tmp_path_factory) -> Path:
     tokenizer.save_pretrained(folder)
     config = transformers.LlamaConfig(vocab_size=len(vocab), hidden_size=16, intermediate_size=32,
                                       num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
-                                      max_position_embeddings=512, bos_token_id=0, eos_token_id=1, pad_token_id=3)
+                                      max_position_embeddings=4096, bos_token_id=0, eos_token_id=1, pad_token_id=3)
     torch.manual_seed(0)
     model = transformers.LlamaForCausalLM(config)
     with torch.no_grad():  # special tokens' logits 0, below the best word's: greedy text is all words

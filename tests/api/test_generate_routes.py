@@ -6,12 +6,16 @@ request metrics. tests/generate checks the text itself against transformers on S
 from __future__ import annotations
 
 import json
+import threading
 import time
 
 import httpx
 import openai
 import pytest
+from api_support import running_server, server_section
 
+from hotswap.config import parse_config
+from hotswap.serve.app import create_app
 from tests.conftest import TINY_LLM_WORDS
 
 GEN = "gen"
@@ -212,6 +216,29 @@ def test_a_stream_without_include_usage_has_no_usage_fields(live):
     assert [c["choices"][0]["finish_reason"] for c in chunks][-1] == "length"
     assert all(set(c["choices"][0]) == {"index", "text", "logprobs", "finish_reason"} for c in chunks)
     assert "".join(c["choices"][0]["text"] for c in chunks) == whole_text(live, 4)
+    assert {c["choices"][0]["index"] for c in chunks} == {0}
+
+
+def test_a_stop_token_ends_openai_streams_with_an_empty_piece_and_usage_last(live):
+    """The stop token shows no text: its chunk carries the finish alone (chat: an empty delta);
+    with include_usage every chunk has `usage: null` and a usage chunk of the same object comes last."""
+    words = whole_text(live, 12).split()
+    stop_id = 4 + TINY_LLM_WORDS.index(words[3])
+    common = {"model": GEN, "temperature": 0, "max_tokens": 12, "stop_token_ids": [stop_id], "stream": True,
+              "stream_options": {"include_usage": True}}
+    _, text_events = events(live, "/v1/completions", {**common, "prompt": PROMPT})
+    *pieces, usage = [json.loads(p) for p in text_events[:-1]]
+    assert pieces[-1]["choices"] == [{"index": 0, "text": "", "logprobs": None, "finish_reason": "stop"}]
+    assert all(c["usage"] is None and c["object"] == "text_completion" for c in pieces)
+    assert (usage["object"], usage["choices"], usage["usage"]["completion_tokens"]) == ("text_completion", [], 4)
+    assert "".join(c["choices"][0]["text"] for c in pieces).split() == words[:3]
+    chat = post(live, "/v1/chat/completions", {"model": GEN, "messages": CHAT, "temperature": 0, "max_tokens": 12})
+    chat_words = chat.json()["choices"][0]["message"]["content"].split()
+    common["stop_token_ids"] = [4 + TINY_LLM_WORDS.index(chat_words[3])]
+    _, chat_events = events(live, "/v1/chat/completions", {**common, "messages": CHAT})
+    *_, last, usage = [json.loads(p) for p in chat_events[:-1]]
+    assert last["choices"] == [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}]
+    assert usage["object"] == "chat.completion.chunk" and usage["usage"]["completion_tokens"] == 4
 
 
 def test_text_completion_answers_one_whole_object(live):
@@ -263,3 +290,41 @@ def test_openai_routes_on_a_model_that_does_not_generate_or_does_not_exist(live)
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
     assert post(live, "/v1/chat/completions", [CHAT]).json()["error"]["message"] == \
         "request body: expected a JSON object, got list"
+
+
+def test_streams_cut_by_an_unload_end_with_an_error_event_and_count_a_failure(tiny_llm, registry, tmp_path_factory):
+    """Past the drain deadline the engine ends what still runs: a stream that had started gets the
+    error as its last event (OpenAI's error object on /v1, {"error"} on v2), and no [DONE]."""
+    model = {"name": GEN, "source": str(tiny_llm), "backends": [{"name": "torch", "device": "cpu"}],
+             "generation": {"max_tokens_limit": 3000, "max_kv_tokens": 8192}}
+    config = parse_config({"server": {**server_section(tmp_path_factory), "graceful_timeout_s": 0.2},
+                           "models": [model]}, "test", registry)
+    long = {"temperature": 0, "max_tokens": 3000, "ignore_eos": True}
+    streams = {"/v1/chat/completions": {"model": GEN, "messages": CHAT, "stream": True, **long},
+               f"/v2/models/{GEN}/generate_stream": {"text_input": PROMPT, "parameters": long}}
+    started = threading.Barrier(len(streams) + 1, timeout=60)
+    seen: dict[str, list[str]] = {}
+
+    def read(server, path: str) -> None:
+        with httpx.stream("POST", f"{server.url}{path}", json=streams[path], timeout=60) as response:
+            lines = (line.removeprefix("data: ") for line in response.iter_lines() if line.startswith("data: "))
+            seen[path] = [next(lines)]
+            started.wait()
+            seen[path] += list(lines)
+
+    with running_server(create_app(config, registry)) as server:
+        readers = [threading.Thread(target=read, args=(server, path)) for path in streams]
+        for reader in readers:
+            reader.start()
+        started.wait()
+        assert httpx.post(f"{server.url}/v2/repository/models/{GEN}/unload", timeout=60).status_code == 200
+        for reader in readers:
+            reader.join(60)
+        failures = {dict(labels).get("reason"): value for (name, labels), value in server.metrics().items()
+                    if name == "hotswap_request_failure_total" and dict(labels).get("model") == GEN}
+    message = "the model was unloaded or the server is shutting down"
+    chat = seen["/v1/chat/completions"]
+    assert "[DONE]" not in chat and json.loads(chat[-1]) == {"error": {
+        "message": message, "type": "server_error", "param": None, "code": "shutting_down"}}
+    assert json.loads(seen[f"/v2/models/{GEN}/generate_stream"][-1]) == {"error": message}
+    assert failures == {"shutting_down": 2.0}
