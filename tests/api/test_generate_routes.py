@@ -328,3 +328,19 @@ def test_streams_cut_by_an_unload_end_with_an_error_event_and_count_a_failure(ti
         "message": message, "type": "server_error", "param": None, "code": "shutting_down"}}
     assert json.loads(seen[f"/v2/models/{GEN}/generate_stream"][-1]) == {"error": message}
     assert failures == {"shutting_down": 2.0}
+
+
+def test_a_client_gone_mid_stream_is_counted_as_cancelled(live):
+    before = counts(live)
+    long = {"temperature": 0, "max_tokens": 64, "ignore_eos": True}
+    for path, body in (("/v1/chat/completions", {"model": GEN, "messages": CHAT, "stream": True, **long}),
+                       (f"/v2/models/{GEN}/generate_stream", {"text_input": PROMPT, "parameters": long})):
+        with httpx.stream("POST", f"{live.url}{path}", json=body, timeout=60) as response:
+            next(response.iter_lines())  # one event, then the connection closes
+    deadline = time.monotonic() + 30
+    while counts(live).get("failurecancelled", 0) - before.get("failurecancelled", 0) < 2:
+        assert time.monotonic() < deadline, counts(live)
+        time.sleep(0.05)
+    after = counts(live)
+    assert after.get("success", 0) == before.get("success", 0)
+    assert after.get("failurecancelled", 0) - before.get("failurecancelled", 0) == 2
