@@ -1,6 +1,6 @@
 """`make mutate`: a bounded, resumable mutation run (mutmut) over one group of hotswap's mutants, then its score.
 
-    python scripts/mutate.py [GROUP] [--minutes 20] [--fresh | --retry-survivors] [--report] [--min 90]
+    python scripts/mutate.py [GROUP] [--minutes 20] [--fresh | --retry-survivors] [--report | --table] [--min 90]
 
 GROUP is serve (the default), backends, or a narrower prefix such as serve.codec: the mutants named
 hotswap.GROUP*; several, comma-separated (serve.codec,serve.batch), make one group. Within the time given it
@@ -140,6 +140,31 @@ def report(group: str, minimum: float) -> int:
     return 0 if score >= minimum else 1
 
 
+def table(group: str) -> None:
+    """The group's state per module, as the markdown table docs/TESTING.md keeps."""
+    equivalent = equivalent_mutants()
+    rows: dict[str, Counter[str]] = {}
+    for name, code in load_results(group).items():
+        tally = rows.setdefault(name.split(".x", 1)[0].removeprefix("hotswap."), Counter())
+        tally["mutants"] += 1
+        if code in CAUGHT:
+            tally[CAUGHT[code]] += 1
+        elif name in equivalent and code in SURVIVED:
+            tally["equivalent"] += 1
+        elif code is None:
+            tally["not run"] += 1
+        else:
+            tally["capped" if code == 0 and (CAPPED / name).exists() else SURVIVED.get(code, "survived")] += 1
+    columns = ("mutants", "killed", "timeout", "crashed", "equivalent", "survived", "capped", "no tests", "not run")
+    print("| module | " + " | ".join(columns) + " | score so far |")
+    print("| --- " * (len(columns) + 2) + "|")
+    for module, tally in sorted(rows.items()):
+        caught = tally["killed"] + tally["timeout"] + tally["crashed"]
+        judged = tally["mutants"] - tally["equivalent"]
+        score = f"{100 * caught / judged:.1f} %" if judged else "-"
+        print(f"| `{module}` | " + " | ".join(str(tally[c]) for c in columns) + f" | {score} |")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("group", nargs="?", default="serve", help="serve, backends, or a prefix such as serve.codec")
@@ -148,11 +173,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--retry-survivors", action="store_true",
                         help="run every survivor not judged equivalent again, with all its tests")
     parser.add_argument("--report", action="store_true", help="only print the counts and the score")
+    parser.add_argument("--table", action="store_true", help="only print the state per module (markdown)")
     parser.add_argument("--min", type=float, default=90.0, help="lowest acceptable score in percent (default 90)")
     parser.add_argument("--children", type=int, default=2, help="mutants run at once (default 2)")
     args = parser.parse_args(argv)
     if args.report:
         return report(args.group, args.min)
+    if args.table:
+        table(args.group)
+        return 0
 
     drop_stale_tests()
     budget_s = float(os.environ.get("HOTSWAP_MUTATE_BUDGET_S") or 5)
