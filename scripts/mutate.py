@@ -1,6 +1,6 @@
 """`make mutate`: a bounded, resumable mutation run (mutmut) over one group of hotswap's mutants, then its score.
 
-    python scripts/mutate.py [GROUP] [--minutes 20] [--fresh | --retry-survivors] [--report | --table] [--min 90]
+    python scripts/mutate.py [GROUP] [--minutes 20] [--fresh | --retry-survivors] [--restat] [--report | --table]
 
 GROUP is serve (the default), backends, or a narrower prefix such as serve.codec: the mutants named
 hotswap.GROUP*; several, comma-separated (serve.codec,serve.batch), make one group. Within the time given it
@@ -174,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="run every survivor not judged equivalent again, with all its tests")
     parser.add_argument("--report", action="store_true", help="only print the counts and the score")
     parser.add_argument("--table", action="store_true", help="only print the state per module (markdown)")
+    parser.add_argument("--restat", action="store_true",
+                        help="map every test to the functions it runs again first (keeps every result)")
     parser.add_argument("--min", type=float, default=90.0, help="lowest acceptable score in percent (default 90)")
     parser.add_argument("--children", type=int, default=2, help="mutants run at once (default 2)")
     args = parser.parse_args(argv)
@@ -184,6 +186,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     drop_stale_tests()
+    if args.restat:
+        # mutmut maps only tests it has not seen before: a function added since is mapped to the
+        # new tests alone. Without its stats file it runs every test once more; results stay.
+        (MUTANTS / "mutmut-stats.json").unlink(missing_ok=True)
     budget_s = float(os.environ.get("HOTSWAP_MUTATE_BUDGET_S") or 5)
     deadline = time.monotonic() + args.minutes * 60
     results = load_results(args.group)
