@@ -1,0 +1,175 @@
+"""The failover supervisor in-process on real onnxruntime sessions: a warm standby takes over at
+once, the preferred entry is probed in the background and taken back only when it loads and agrees
+(a probe that fails says why), and a standby that cannot load leaves the model on its one runner.
+The preferred entry is the tiny network on a backend the test can break and mend (`Mendable`);
+over HTTP with the fault plugin: tests/api/test_failover.py."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import numpy as np
+import pytest
+
+from hotswap.backends.onnxruntime_backend import OnnxRuntimeBackend
+from hotswap.backends.registry import BackendRegistry, discover_backends
+from hotswap.config import parse_config
+from hotswap.errors import BackendError, BackendUnavailable
+from hotswap.models.signature import Tensors
+from hotswap.serve.metrics import Metrics
+from hotswap.serve.supervisor import ModelSupervisor
+
+X = np.arange(16, dtype=np.float32).reshape(2, 8) / 10
+
+
+class Mendable(OnnxRuntimeBackend):
+    """onnxruntime whose calls fail while `broken`, whose loads fail while `unloadable`, and whose
+    answers are off by `skew` (a preferred entry that loads but disagrees)."""
+
+    name = "mendable"
+    broken = threading.Event()
+    unloadable = threading.Event()
+    skew = 0.0
+    calls = 0
+
+    def _load(self, artifact, options, declared):
+        if Mendable.unloadable.is_set():
+            raise BackendUnavailable("the device is still gone")
+        return super()._load(artifact, options, declared)
+
+    def run(self, inputs: Tensors) -> Tensors:
+        Mendable.calls += 1
+        if Mendable.broken.is_set():
+            raise BackendError("device lost")
+        return {k: v + np.float32(Mendable.skew) for k, v in super().run(inputs).items()}
+
+
+class Unloadable(OnnxRuntimeBackend):
+    name = "unloadable"
+
+    def _load(self, artifact, options, declared):
+        raise BackendUnavailable("no such device")
+
+
+@pytest.fixture(autouse=True)
+def mended():
+    Mendable.broken.clear()
+    Mendable.unloadable.clear()
+    Mendable.skew, Mendable.calls = 0.0, 0
+    yield
+    Mendable.broken.clear()
+    Mendable.unloadable.clear()
+
+
+@pytest.fixture(scope="module")
+def registry() -> BackendRegistry:
+    found = discover_backends()
+    return BackendRegistry(available={**found.available, "mendable": Mendable, "unloadable": Unloadable},
+                           failed=dict(found.failed), distributions=dict(found.distributions))
+
+
+def supervisor(tiny, registry, backends: list[str], **failover) -> ModelSupervisor:
+    model = {"name": "tiny", "source": str(tiny.onnx), "backends": [{"name": b} for b in backends],
+             "failover": {"after_errors": 1, **failover}}
+    config = parse_config({"server": {"model_roots": [str(tiny.onnx.parent)]}, "models": [model]}, "test", registry)
+    return ModelSupervisor(config.models[0], registry, Metrics(), drain_timeout_s=5)
+
+
+async def until(condition, what: str) -> None:
+    for _ in range(1000):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_a_warm_standby_serves_at_once_and_the_mended_preferred_entry_is_taken_back(tiny, registry):
+    sup = supervisor(tiny, registry, ["mendable", "onnxruntime"], standby=True, retry_primary_after_s=0.05)
+    want = tiny.reference({"x": X})
+
+    async def go():
+        await sup.start()
+        await until(lambda: sup.standby is not None, "the standby to load")
+        assert (sup.active.selected.label, sup.standby.selected.label) == ("mendable", "onnxruntime")
+        await sup.infer({"x": X}, 10.0)  # a batch to warm the next standby with and to probe on
+        Mendable.broken.set()
+        out = await sup.infer({"x": X}, 10.0)  # fails on mendable, retried on the standby
+        np.testing.assert_allclose(out["y"], want["y"], rtol=0, atol=1e-5)
+        assert sup.active.selected.label == "onnxruntime" and sup.log.state == "failed_over"
+        Mendable.unloadable.set()  # the probe cannot load it yet: it says so and keeps trying
+        await until(lambda: sup.log.last_probe is not None, "a failed probe")
+        assert sup.log.last_probe["backend"] == "mendable"
+        assert "the device is still gone" in sup.log.last_probe["result"]
+        Mendable.unloadable.clear()
+        Mendable.broken.clear()
+        await until(lambda: sup.active.selected.label == "mendable", "the return to the preferred entry")
+        assert sup.log.state == "serving" and sup.log.reason == "preferred_recovered"
+        assert sup.standby is not None and sup.standby.selected.label == "onnxruntime"  # kept warm
+        history = [(h["from"], h["to"], h["reason"]) for h in sup.log.history]
+        meta = sup.metadata()["failover"]
+        out = await sup.infer({"x": X}, 10.0)
+        await sup.close(1)
+        return history, meta, out
+
+    history, meta, out = asyncio.run(go())
+    assert history == [("mendable", "onnxruntime", "errors"), ("onnxruntime", "mendable", "preferred_recovered")]
+    assert (meta["preferred_position"], meta["standby"], meta["consecutive_errors"]) == (0, "onnxruntime", 0)
+    np.testing.assert_allclose(out["y"], tiny.reference({"x": X})["y"], rtol=0, atol=1e-5)
+
+
+def test_a_preferred_entry_that_disagrees_is_not_taken_back(tiny, registry):
+    sup = supervisor(tiny, registry, ["mendable", "onnxruntime"], retry_primary_after_s=0.05, parity_atol=1e-3)
+
+    async def go():
+        await sup.start()
+        await sup.infer({"x": X}, 10.0)
+        Mendable.broken.set()
+        await sup.infer({"x": X}, 10.0)
+        assert sup.active.selected.label == "onnxruntime" and sup.standby is None
+        Mendable.skew = 0.5  # it loads again, but answers 0.5 off
+        Mendable.broken.clear()
+        await until(lambda: sup.log.last_probe is not None, "a probe")
+        probe = dict(sup.log.last_probe)
+        label = sup.active.selected.label
+        await sup.close(1)
+        return probe, label
+
+    probe, label = asyncio.run(go())
+    assert label == "onnxruntime" and probe["backend"] == "mendable"
+    assert probe["result"].startswith("parity: max abs error 0.5")
+    assert "(parity_atol 0.001), min cosine " in probe["result"]
+    assert probe["result"].endswith("(parity_min_cosine 0.999)")
+
+
+def test_the_standby_is_warmed_with_the_latest_batch(tiny, registry):
+    sup = supervisor(tiny, registry, ["onnxruntime", "mendable"], standby=True, retry_primary_after_s=60)
+
+    async def go():
+        await sup.start()
+        await until(lambda: sup.standby is not None, "the first standby")
+        first_calls = Mendable.calls  # nothing to warm it with before any request
+        await sup.infer({"x": X}, 10.0)
+        spare, sup.standby = sup.standby, None
+        await spare.close(0)
+        await sup._load_standby()  # as after a switch: loaded, then warmed with the latest batch
+        calls = Mendable.calls
+        await sup.close(1)
+        return first_calls, calls
+
+    assert asyncio.run(go()) == (0, 1)
+
+
+def test_a_standby_that_cannot_load_leaves_one_runner(tiny, registry):
+    sup = supervisor(tiny, registry, ["onnxruntime", "unloadable"], standby=True)
+
+    async def go():
+        await sup.start()
+        await asyncio.sleep(0.05)
+        runners = [r.selected.label for r in sup.runners()]
+        meta = sup.metadata()["failover"]
+        await sup.close(1)
+        return runners, meta
+
+    runners, meta = asyncio.run(go())
+    assert runners == ["onnxruntime"] and meta["standby"] is None
