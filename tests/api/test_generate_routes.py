@@ -292,14 +292,43 @@ def test_openai_routes_on_a_model_that_does_not_generate_or_does_not_exist(live)
         "request body: expected a JSON object, got list"
 
 
-def test_streams_cut_by_an_unload_end_with_an_error_event_and_count_a_failure(tiny_llm, registry, tmp_path_factory):
-    """Past the drain deadline the engine ends what still runs: a stream that had started gets the
-    error as its last event (OpenAI's error object on /v1, {"error"} on v2), and no [DONE]."""
+LONG = {"temperature": 0, "max_tokens": 3000, "ignore_eos": True}  # seconds of tokens, even for the tiny model
+
+
+def long_server(tiny_llm, registry, tmp_path_factory):
+    """A server whose `gen` may generate LONG, with a 0.2 s drain deadline."""
     model = {"name": GEN, "source": str(tiny_llm), "backends": [{"name": "torch", "device": "cpu"}],
              "generation": {"max_tokens_limit": 3000, "max_kv_tokens": 8192}}
     config = parse_config({"server": {**server_section(tmp_path_factory), "graceful_timeout_s": 0.2},
                            "models": [model]}, "test", registry)
-    long = {"temperature": 0, "max_tokens": 3000, "ignore_eos": True}
+    return running_server(create_app(config, registry))
+
+
+def failures(server) -> dict[str, float]:
+    return {dict(labels).get("reason"): value for (name, labels), value in server.metrics().items()
+            if name == "hotswap_request_failure_total" and dict(labels).get("model") == GEN}
+
+
+def test_a_client_that_gives_up_on_a_whole_answer_stops_its_generation(tiny_llm, registry, tmp_path_factory):
+    requests = {"/v1/chat/completions": {"model": GEN, "messages": CHAT, **LONG},
+                f"/v2/models/{GEN}/generate": {"text_input": PROMPT, "parameters": LONG}}
+    with long_server(tiny_llm, registry, tmp_path_factory) as server:
+        for path, body in requests.items():
+            with pytest.raises(httpx.ReadTimeout):
+                httpx.post(f"{server.url}{path}", json=body, timeout=0.5)
+        deadline = time.monotonic() + 20
+        while failures(server).get("cancelled", 0) < 2:
+            assert time.monotonic() < deadline, failures(server)
+            time.sleep(0.05)
+        running = [v for (name, labels), v in server.metrics().items()
+                   if name == "hotswap_generate_running_sequences" and dict(labels).get("model") == GEN]
+        assert failures(server) == {"cancelled": 2.0} and running == [0.0]
+
+
+def test_streams_cut_by_an_unload_end_with_an_error_event_and_count_a_failure(tiny_llm, registry, tmp_path_factory):
+    """Past the drain deadline the engine ends what still runs: a stream that had started gets the
+    error as its last event (OpenAI's error object on /v1, {"error"} on v2), and no [DONE]."""
+    long = LONG
     streams = {"/v1/chat/completions": {"model": GEN, "messages": CHAT, "stream": True, **long},
                f"/v2/models/{GEN}/generate_stream": {"text_input": PROMPT, "parameters": long}}
     started = threading.Barrier(len(streams) + 1, timeout=60)
@@ -312,7 +341,7 @@ def test_streams_cut_by_an_unload_end_with_an_error_event_and_count_a_failure(ti
             started.wait()
             seen[path] += list(lines)
 
-    with running_server(create_app(config, registry)) as server:
+    with long_server(tiny_llm, registry, tmp_path_factory) as server:
         readers = [threading.Thread(target=read, args=(server, path)) for path in streams]
         for reader in readers:
             reader.start()
@@ -320,14 +349,13 @@ def test_streams_cut_by_an_unload_end_with_an_error_event_and_count_a_failure(ti
         assert httpx.post(f"{server.url}/v2/repository/models/{GEN}/unload", timeout=60).status_code == 200
         for reader in readers:
             reader.join(60)
-        failures = {dict(labels).get("reason"): value for (name, labels), value in server.metrics().items()
-                    if name == "hotswap_request_failure_total" and dict(labels).get("model") == GEN}
+        failed = failures(server)
     message = "the model was unloaded or the server is shutting down"
     chat = seen["/v1/chat/completions"]
     assert "[DONE]" not in chat and json.loads(chat[-1]) == {"error": {
         "message": message, "type": "server_error", "param": None, "code": "shutting_down"}}
     assert json.loads(seen[f"/v2/models/{GEN}/generate_stream"][-1]) == {"error": message}
-    assert failures == {"shutting_down": 2.0}
+    assert failed == {"shutting_down": 2.0}
 
 
 def test_a_client_gone_mid_stream_is_counted_as_cancelled(live):
