@@ -50,9 +50,13 @@ def test_each_verdict_is_counted_observed_and_summarised(tiny):
     metrics = Metrics()
     shadow = ShadowParity(model(tiny), discover_backends(), metrics)
     reference = tiny.reference({"x": X})
+    fresh = shadow.summary()
+    assert (fresh["worst_cosine"], fresh["worst_max_abs_error"], fresh["last_error"], fresh["last_mismatch"]) == \
+        (1.0, 0.0, "", None)
 
     async def go():
         await shadow.start()
+        assert shadow._task is not None and shadow._task.get_name() == "hotswap-shadow-tiny"
         wrong = {"y": reference["y"] + np.array([[0.0, 0.0, 0.0, 0.5], [0.0] * 4], np.float32), "z": reference["z"]}
         shadow.offer({"x": X}, wrong)  # off by 0.5 in one value
         shadow.offer({"x": X}, reference)  # agrees (and the worst seen stays the mismatch's)
@@ -60,6 +64,7 @@ def test_each_verdict_is_counted_observed_and_summarised(tiny):
         await settle(shadow, 3)
         summary = shadow.summary()
         await shadow.close()
+        assert shadow._task.done()
         return summary
 
     summary = asyncio.run(go())
@@ -75,6 +80,7 @@ def test_each_verdict_is_counted_observed_and_summarised(tiny):
     assert samples(metrics, "hotswap_shadow_batches_total") == {"match": 1.0, "mismatch": 1.0, "error": 1.0,
                                                                  "dropped": 0.0}
     assert samples(metrics, "hotswap_shadow_duration_seconds_count") == {"hotswap_shadow_duration_seconds_count": 2}
+    assert 0 < samples(metrics, "hotswap_shadow_duration_seconds_sum")["hotswap_shadow_duration_seconds_sum"] < 30
     assert samples(metrics, "hotswap_shadow_max_abs_error_count") == {"hotswap_shadow_max_abs_error_count": 2}
     assert samples(metrics, "hotswap_shadow_cosine_count") == {"hotswap_shadow_cosine_count": 4}  # per row
 
@@ -121,6 +127,7 @@ def test_a_shadow_answering_by_other_names_is_refused_at_start(tiny):
         return str(info.value)
 
     message = asyncio.run(go())
+    assert shadow._pipeline is None  # the loaded shadow was closed with the refusal
     assert message.startswith("models.tiny.shadow: the shadow backend torch[cpu] serves x FP32[")
     assert message.endswith("but the model serves x FP32[-1,8] -> y FP32[-1,4], z FP32[-1,1]; declare the model's "
                             "`inputs` and `outputs` in its config so both backends answer by the same names")
@@ -144,3 +151,23 @@ def test_the_helpers_compare_what_must_agree():
     assert within(1e-3, np.array([0.999]), 1e-3, 0.999) and not within(2e-3, np.array([1.0]), 1e-3, 0.999)
     assert not within(0.0, np.array([0.998, 1.0]), 1e-3, 0.999) and not within(float("nan"), np.ones(1), 1.0, 0.0)
     assert not within(0.0, np.array([float("nan")]), 1.0, -1.0)
+
+
+def test_a_shadow_never_started_closes_and_one_of_string_outputs_matches(tiny):
+    shadow = ShadowParity(model(tiny), discover_backends(), Metrics())
+    asyncio.run(shadow.close())  # no task, no pipeline: nothing to wait for
+    shadow._judge(0.001, 0.0, np.ones(0))  # no numeric output to compare: a match, with no rows
+    assert shadow.counts == {"match": 1} and shadow.worst_cosine == 1.0
+
+
+def test_a_relative_source_is_read_from_the_config_folder(tiny):
+    relative = model(tiny).model_copy(update={"source": tiny.exported.name})
+    shadow = ShadowParity(relative, discover_backends(), Metrics(), config_dir=tiny.exported.parent)
+
+    async def go():
+        await shadow.start()
+        device = shadow.device
+        await shadow.close()
+        return device
+
+    assert asyncio.run(go()) == "cpu"
