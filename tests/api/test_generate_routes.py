@@ -112,10 +112,11 @@ def test_a_stop_token_ends_a_stream_with_an_event_of_its_own(live):
 
 
 @pytest.mark.parametrize(("body", "message"), [
-    ({"text_input": PROMPT, "max_tokens": 3, "parameters": {"max_tokens": 4}},
-     "max_tokens: given both at the top level and in parameters"),
-    ({"text_input": PROMPT, "frobnicate": 1}, "unknown field(s) frobnicate; expected text_input, parameters, id and "
-     "the sampling fields ignore_eos, max_tokens, seed, stop, stop_token_ids, temperature, top_k, top_p"),
+    ({"text_input": PROMPT, "max_tokens": 3, "seed": 1, "parameters": {"max_tokens": 4, "seed": 2}},
+     "max_tokens, seed: given both at the top level and in parameters"),
+    ({"text_input": PROMPT, "frobnicate": 1, "beam": 2}, "unknown field(s) beam, frobnicate; expected text_input, "
+     "parameters, id and the sampling fields ignore_eos, max_tokens, seed, stop, stop_token_ids, temperature, "
+     "top_k, top_p"),
     ({"text_input": PROMPT, "parameters": {"beam": 2, "alpha": 1}}, "parameters: unknown alpha, beam; expected "
      "ignore_eos, max_tokens, seed, stop, stop_token_ids, temperature, top_k, top_p"),
     ({"text_input": PROMPT, "parameters": [1]}, "parameters: expected a JSON object"),
@@ -146,7 +147,19 @@ def test_v2_generate_on_a_model_that_does_not_generate_or_does_not_exist(live):
 def test_a_prompt_over_the_limit_is_refused(live):
     body = {"text_input": " ".join(["w1"] * 60)}
     answer = post(live, f"/v2/models/{GEN}/generate", body)
-    assert answer.status_code == 400 and "48" in answer.json()["error"]
+    assert (answer.status_code, answer.json()) == (400, {"error": "the prompt has 60 tokens; this model takes at "
+                                                         "most 48 (generation.max_prompt_tokens)"})
+
+
+def test_a_long_prompt_is_tokenised_off_the_event_loop_all_the_same(live):
+    """Over 32,768 characters the tokenizer runs on a worker thread: the ids, and so the refusal, are
+    the ones an inline run gives."""
+    words = "w1 " * 11_000  # 33,000 characters
+    limit = "; this model takes at most 48 (generation.max_prompt_tokens)"
+    v2 = post(live, f"/v2/models/{GEN}/generate", {"text_input": words})
+    assert (v2.status_code, v2.json()) == (400, {"error": "the prompt has 11000 tokens" + limit})
+    chat = post(live, "/v1/chat/completions", {"model": GEN, "messages": [{"role": "user", "content": words}]})
+    assert (chat.status_code, chat.json()["error"]["message"]) == (400, "the prompt has 11004 tokens" + limit)
 
 
 def test_each_request_is_counted_once_by_its_outcome(live):
