@@ -30,6 +30,8 @@ class Mendable(OnnxRuntimeBackend):
     name = "mendable"
     broken = threading.Event()
     unloadable = threading.Event()
+    gate: threading.Semaphore | None = None  # when set by a test: each call takes one permit
+    entered = threading.Event()
     skew = 0.0
     calls = 0
 
@@ -40,6 +42,9 @@ class Mendable(OnnxRuntimeBackend):
 
     def run(self, inputs: Tensors) -> Tensors:
         Mendable.calls += 1
+        Mendable.entered.set()
+        if Mendable.gate is not None:
+            Mendable.gate.acquire(timeout=10)
         if Mendable.broken.is_set():
             raise BackendError("device lost")
         return {k: v + np.float32(Mendable.skew) for k, v in super().run(inputs).items()}
@@ -56,7 +61,8 @@ class Unloadable(OnnxRuntimeBackend):
 def mended():
     Mendable.broken.clear()
     Mendable.unloadable.clear()
-    Mendable.skew, Mendable.calls = 0.0, 0
+    Mendable.skew, Mendable.calls, Mendable.gate = 0.0, 0, None
+    Mendable.entered.clear()
     yield
     Mendable.broken.clear()
     Mendable.unloadable.clear()
@@ -69,9 +75,9 @@ def registry() -> BackendRegistry:
                            failed=dict(found.failed), distributions=dict(found.distributions))
 
 
-def supervisor(tiny, registry, backends: list[str], **failover) -> ModelSupervisor:
+def supervisor(tiny, registry, backends: list[str], batching: dict | None = None, **failover) -> ModelSupervisor:
     model = {"name": "tiny", "source": str(tiny.onnx), "backends": [{"name": b} for b in backends],
-             "failover": {"after_errors": 1, **failover}}
+             "failover": {"after_errors": 1, **failover}, "batching": batching or {}}
     config = parse_config({"server": {"model_roots": [str(tiny.onnx.parent)]}, "models": [model]}, "test", registry)
     return ModelSupervisor(config.models[0], registry, Metrics(), drain_timeout_s=5)
 
@@ -173,3 +179,57 @@ def test_a_standby_that_cannot_load_leaves_one_runner(tiny, registry):
 
     runners, meta = asyncio.run(go())
     assert runners == ["onnxruntime"] and meta["standby"] is None
+
+
+def test_requests_queued_on_a_faulty_backend_are_answered_by_the_next_entry(tiny, registry):
+    """One batch runs (and will fail) while three requests wait behind it: on the switch the waiting
+    ones move to the new runner instead of failing with the faulty one."""
+    sup = supervisor(tiny, registry, ["mendable", "onnxruntime"], batching={"max_batch_size": 1,
+                     "max_queue_delay_ms": 0, "inline_max_us": 0}, retry=False)
+    want = tiny.reference({"x": X})["y"]
+
+    async def go():
+        await sup.start()
+        Mendable.broken.set()
+        Mendable.gate = threading.Semaphore(0)
+        first = asyncio.create_task(sup.infer({"x": X}, 10.0))
+        assert await asyncio.to_thread(Mendable.entered.wait, 10)
+        waiting = [asyncio.create_task(sup.infer({"x": X}, 10.0)) for _ in range(3)]
+        await asyncio.sleep(0.05)  # queued behind the running batch
+        Mendable.gate.release()  # the first batch fails; the next one starts and waits for a permit
+        await until(lambda: sup.active.selected.label == "onnxruntime", "the switch")
+        results = await asyncio.gather(first, *waiting, return_exceptions=True)
+        Mendable.gate.release(3)  # let the abandoned call on the old runner return
+        label, state = sup.active.selected.label, sup.log.state
+        await sup.close(1)
+        return results, label, state
+
+    results, label, state = asyncio.run(go())
+    assert (label, state) == ("onnxruntime", "failed_over")
+    assert isinstance(results[0], BackendError)  # retry off: the failed batch's own request fails
+    for out in results[1:]:
+        np.testing.assert_allclose(out["y"], want, rtol=0, atol=1e-5)
+
+
+def test_with_no_later_entry_that_loads_the_faulty_backend_keeps_serving_degraded(tiny, registry):
+    sup = supervisor(tiny, registry, ["mendable", "unloadable"])
+
+    async def go():
+        await sup.start()
+        Mendable.broken.set()
+        with pytest.raises(BackendError):
+            await sup.infer({"x": X}, 10.0)
+        await until(lambda: sup.log.state == "degraded", "the switch to give up")
+        calls = Mendable.calls
+        with pytest.raises(BackendError):  # degraded: no retries on it any more
+            await sup.infer({"x": X}, 10.0)
+        retried = Mendable.calls - calls
+        Mendable.broken.clear()
+        out = await sup.infer({"x": X}, 10.0)
+        summary = sup.log.summary()
+        await sup.close(1)
+        return retried, out, summary
+
+    retried, out, summary = asyncio.run(go())
+    assert retried == 1 and summary["reason"] == "errors; no later chain entry loads"
+    np.testing.assert_allclose(out["y"], tiny.reference({"x": X})["y"], rtol=0, atol=1e-5)
