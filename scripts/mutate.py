@@ -100,6 +100,20 @@ def run_mutmut(names: list[str], budget_s: float, deadline: float, children: int
     return True
 
 
+def classify(name: str, code: int | None, equivalent: set[str]) -> str:
+    """One mutant's status: killed, timeout, crashed, equivalent, not run, capped, survived, no tests, or
+    `exit N` (suspicious, or an error in mutmut's worker)."""
+    if code in CAUGHT:
+        return CAUGHT[code]
+    if name in equivalent and code in SURVIVED:
+        return "equivalent"
+    if code is None:
+        return "not run"
+    if code in SURVIVED:
+        return "capped" if code == 0 and (CAPPED / name).exists() else SURVIVED[code]
+    return f"exit {code}"
+
+
 def report(group: str, minimum: float) -> int:
     results = load_results(group)
     names = ", ".join(f"{p}*" for p in prefixes(group))
@@ -110,20 +124,10 @@ def report(group: str, minimum: float) -> int:
     tally: Counter[str] = Counter()
     open_mutants: list[tuple[str, str]] = []
     for name, code in sorted(results.items()):
-        if code in CAUGHT:
-            tally[CAUGHT[code]] += 1
-            continue
-        if name in equivalent and code in SURVIVED:
-            tally["equivalent"] += 1
-            continue
-        if code is None:
-            status = "not run"
-        elif code in SURVIVED:
-            status = "capped" if code == 0 and (CAPPED / name).exists() else SURVIVED[code]
-        else:
-            status = f"exit {code}"  # suspicious, or an error in mutmut's worker
+        status = classify(name, code, equivalent)
         tally[status] += 1
-        open_mutants.append((status, name))
+        if status not in CAUGHT.values() and status != "equivalent":
+            open_mutants.append((status, name))
     caught = sum(tally[k] for k in set(CAUGHT.values()))
     judged = len(results) - tally["equivalent"]
     score = 100.0 * caught / judged if judged else 100.0
@@ -144,18 +148,13 @@ def table(group: str) -> None:
     """The group's state per module, as the markdown table docs/TESTING.md keeps."""
     equivalent = equivalent_mutants()
     rows: dict[str, Counter[str]] = {}
+    columns = ("mutants", "killed", "timeout", "crashed", "equivalent", "survived", "capped", "no tests", "not run",
+               "other exit")
     for name, code in load_results(group).items():
         tally = rows.setdefault(name.split(".x", 1)[0].removeprefix("hotswap."), Counter())
         tally["mutants"] += 1
-        if code in CAUGHT:
-            tally[CAUGHT[code]] += 1
-        elif name in equivalent and code in SURVIVED:
-            tally["equivalent"] += 1
-        elif code is None:
-            tally["not run"] += 1
-        else:
-            tally["capped" if code == 0 and (CAPPED / name).exists() else SURVIVED.get(code, "survived")] += 1
-    columns = ("mutants", "killed", "timeout", "crashed", "equivalent", "survived", "capped", "no tests", "not run")
+        status = classify(name, code, equivalent)
+        tally[status if status in columns else "other exit"] += 1
     print("| module | " + " | ".join(columns) + " | score so far |")
     print("| --- " * (len(columns) + 2) + "|")
     for module, tally in sorted(rows.items()):
