@@ -51,8 +51,10 @@ def minilm_source():
     return prepare(Path(home))
 
 
-#: The tiny causal LM's words (its tokenizer is word-level: one token per whitespace-separated word).
-TINY_LLM_WORDS = ["system", "user", "assistant", ":"] + [f"w{i}" for i in range(60)]
+#: The tiny causal LM's vocabulary: its special tokens, then its words (the tokenizer is word-level:
+#: one token per whitespace-separated word).
+TINY_LLM_VOCAB = {w: i for i, w in enumerate(["<s>", "</s>", "<unk>", "<pad>", "system", "user", "assistant", ":",
+                                               *(f"w{i}" for i in range(60))])}
 
 
 @pytest.fixture(scope="session")
@@ -65,7 +67,7 @@ def tiny_llm(tmp_path_factory) -> Path:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
     folder = tmp_path_factory.mktemp("tiny_llm")
-    vocab = {"<s>": 0, "</s>": 1, "<unk>": 2, "<pad>": 3} | {w: i + 4 for i, w in enumerate(TINY_LLM_WORDS)}
+    vocab = TINY_LLM_VOCAB
     words = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     words.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     words.decoder = decoders.WordPiece(prefix="##")  # joins the words with spaces

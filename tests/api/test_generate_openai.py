@@ -11,7 +11,7 @@ import openai
 import pytest
 from generate_tiny_support import CHAT, GEN, PROMPT, SSE, events, post, start_live, whole_text
 
-from tests.conftest import TINY_LLM_WORDS
+from tests.conftest import TINY_LLM_VOCAB
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +80,7 @@ def test_a_stop_token_ends_openai_streams_with_an_empty_piece_and_usage_last(liv
     """The stop token shows no text: its chunk carries the finish alone (chat: an empty delta);
     with include_usage every chunk has `usage: null` and a usage chunk of the same object comes last."""
     words = whole_text(live, 12).split()
-    stop_id = 4 + TINY_LLM_WORDS.index(words[3])
+    stop_id = TINY_LLM_VOCAB[words[3]]
     common = {"model": GEN, "temperature": 0, "max_tokens": 12, "stop_token_ids": [stop_id], "stream": True,
               "stream_options": {"include_usage": True}}
     _, text_events = events(live, "/v1/completions", {**common, "prompt": PROMPT})
@@ -91,7 +91,7 @@ def test_a_stop_token_ends_openai_streams_with_an_empty_piece_and_usage_last(liv
     assert "".join(c["choices"][0]["text"] for c in pieces).split() == words[:3]
     chat = post(live, "/v1/chat/completions", {"model": GEN, "messages": CHAT, "temperature": 0, "max_tokens": 12})
     chat_words = chat.json()["choices"][0]["message"]["content"].split()
-    common["stop_token_ids"] = [4 + TINY_LLM_WORDS.index(chat_words[3])]
+    common["stop_token_ids"] = [TINY_LLM_VOCAB[chat_words[3]]]
     _, chat_events = events(live, "/v1/chat/completions", {**common, "messages": CHAT})
     *_, last, usage = [json.loads(p) for p in chat_events[:-1]]
     assert last["choices"] == [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}]

@@ -28,7 +28,7 @@ from generate_tiny_support import (
     whole_text,
 )
 
-from tests.conftest import TINY_LLM_WORDS
+from tests.conftest import TINY_LLM_VOCAB
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +83,7 @@ def test_a_stop_string_ends_the_text_before_it(live):
 def test_a_stop_token_ends_a_stream_with_an_event_of_its_own(live):
     words = whole_text(live, 12).split()
     body = {"text_input": PROMPT, "parameters": {"temperature": 0, "max_tokens": 12,
-                                                  "stop_token_ids": [4 + TINY_LLM_WORDS.index(words[3])]}}
+                                                  "stop_token_ids": [TINY_LLM_VOCAB[words[3]]]}}
     _, payloads = events(live, f"/v2/models/{GEN}/generate_stream", body)
     pieces = [json.loads(p) for p in payloads]
     assert pieces[-1]["text_output"] == "" and pieces[-1]["finish_reason"] == "stop"  # the stop token shows nothing
