@@ -36,8 +36,6 @@ def supervisor_env(monkeypatch):
     Metrics() takes the multiprocess path."""
     from hotswap.backends.base import CPU_SHARERS_ENV
 
-    monkeypatch.delenv(MULTIPROC_ENV, raising=False)
-    monkeypatch.delenv(CPU_SHARERS_ENV, raising=False)
     monkeypatch.setenv(MULTIPROC_ENV, "")
     monkeypatch.setenv(CPU_SHARERS_ENV, "")
 
