@@ -50,8 +50,9 @@ def parity(reference: Tensors, outputs: Tensors) -> tuple[float, np.ndarray]:
         out = np.asarray(outputs.get(name))
         if out.shape != ref.shape:
             return float("inf"), -np.ones(max(len(ref), 1))
-        left.append(ref.astype(np.float64).reshape(len(ref), -1))
-        right.append(out.astype(np.float64).reshape(len(ref), -1))
+        row = int(np.prod(ref.shape[1:]))  # not -1: numpy cannot infer it for a batch of no rows
+        left.append(ref.astype(np.float64).reshape(len(ref), row))
+        right.append(out.astype(np.float64).reshape(len(ref), row))
     if not left:
         return 0.0, np.ones(0)
     a, b = np.concatenate(left, axis=1), np.concatenate(right, axis=1)

@@ -15,7 +15,7 @@ from hotswap.config import parse_config
 from hotswap.errors import ConfigError
 from hotswap.models.signature import Signature, TensorSpec
 from hotswap.serve.metrics import Metrics
-from hotswap.serve.shadow import ShadowParity, comparable, describe, finite_or_text, within
+from hotswap.serve.shadow import ShadowParity, comparable, describe, finite_or_text, lower_priority, parity, within
 from hotswap.testing import TinyModels
 
 X = np.arange(16, dtype=np.float32).reshape(2, 8) / 10
@@ -136,8 +136,9 @@ def test_a_shadow_answering_by_other_names_is_refused_at_start(tiny):
 def test_a_model_without_shadow_is_refused():
     plain = {"name": "m", "source": "builtin:minilm", "backends": [{"name": "onnxruntime"}]}
     config = parse_config({"models": [plain]}, "test").models[0]
-    with pytest.raises(ValueError, match="ShadowParity needs a model with `shadow:`"):
+    with pytest.raises(ValueError) as info:
         ShadowParity(config, discover_backends(), Metrics())
+    assert str(info.value) == "ShadowParity needs a model with `shadow:`"
 
 
 def test_the_helpers_compare_what_must_agree():
@@ -171,3 +172,92 @@ def test_a_relative_source_is_read_from_the_config_folder(tiny):
         return device
 
     assert asyncio.run(go()) == "cpu"
+
+
+def test_parity_skips_text_outputs_but_compares_the_numeric_ones_after_them():
+    labels = np.array(["a", "b"])
+    reference = {"label": labels, "y": np.array([[1.0, 0.0], [0.0, 1.0]])}
+    max_abs, cosine = parity(reference, {"label": labels, "y": np.array([[1.0, 0.0], [1.0, 0.0]])})
+    assert max_abs == 1.0 and cosine.tolist() == [1.0, 0.0]
+
+
+def test_parity_of_a_shape_mismatch_is_the_worst_per_row_and_of_no_rows_is_exact():
+    one_row = {"y": np.ones((1, 4))}
+    max_abs, cosine = parity(one_row, {"y": np.ones((1, 3))})
+    assert max_abs == float("inf") and cosine.tolist() == [-1.0]  # one row: one verdict, not two
+    max_abs, cosine = parity({"y": np.ones((0, 4))}, {"y": np.ones((0, 3))})
+    assert max_abs == float("inf") and cosine.tolist() == [-1.0]  # no rows: still one verdict
+    max_abs, cosine = parity({"y": np.ones((0, 4))}, {"y": np.ones((0, 4))})
+    assert max_abs == 0.0 and cosine.shape == (0,)
+
+
+def test_nice_zero_leaves_the_thread_priority_alone():
+    import os
+    import threading
+
+    seen: list[int] = []
+
+    def thread() -> None:
+        me = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, me, 3)  # raising a nice value needs no privilege
+        lower_priority(0)  # "0: no change", not "back to 0"
+        seen.append(os.getpriority(os.PRIO_PROCESS, me))
+        lower_priority(5)
+        seen.append(os.getpriority(os.PRIO_PROCESS, me))
+
+    worker = threading.Thread(target=thread)
+    worker.start()
+    worker.join()
+    assert seen == [3, 5]
+
+
+def test_the_shadow_loads_runs_and_closes_on_its_own_thread(tiny):
+    import threading
+
+    shadow = ShadowParity(model(tiny), discover_backends(), Metrics())
+    assert shadow.summary()["device"] == ""  # not loaded yet
+    threads: list[str] = []
+
+    def recorded(method):
+        def call(*args):
+            threads.append(threading.current_thread().name)
+            return method(*args)
+        return call
+
+    async def go():
+        await shadow.start()
+        assert shadow._pipeline is not None
+        shadow._pipeline.run = recorded(shadow._pipeline.run)
+        shadow._pipeline.close = recorded(shadow._pipeline.close)
+        shadow.offer({"x": X}, tiny.reference({"x": X}))
+        await settle(shadow, 1)
+        await shadow.close()
+
+    asyncio.run(go())
+    assert shadow.counts == {"match": 1}
+    assert threads == ["hotswap-tiny-shadow_0", "hotswap-tiny-shadow_0"]
+
+
+def test_an_error_is_kept_to_300_characters(tiny):
+    shadow = ShadowParity(model(tiny), discover_backends(), Metrics())
+
+    async def go():
+        await shadow.start()
+        shadow.offer({"x" * 400: X}, tiny.reference({"x": X}))  # the shadow's error names this input
+        await settle(shadow, 1)
+        await shadow.close()
+
+    asyncio.run(go())
+    assert shadow.counts == {"error": 1}
+    assert len(shadow.last_error) == 300 and "x" * 100 in shadow.last_error
+
+
+def test_a_processor_error_names_the_model_key(tiny):
+    from hotswap.config import ProcessorConfig
+
+    config = model(tiny).model_copy(update={"processor": ProcessorConfig(name="no-such-processor")})
+    shadow = ShadowParity(config, discover_backends(), Metrics())
+    with pytest.raises(ConfigError) as info:
+        asyncio.run(shadow.start())
+    assert str(info.value).startswith("models.tiny.processor.name: ")
+    assert "no-such-processor" in str(info.value)
