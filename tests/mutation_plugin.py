@@ -12,7 +12,13 @@ stats run, with `-x`. This plugin makes that affordable and correct:
   time fits that budget for each mutant. A capped mutant that survives may be caught by a test left out: it
   is marked in mutants/mutation-capped/ and scripts/mutate.py runs it again with every test.
 
-Outside a mutant's run (stats, clean and forced-fail runs) only the node id repair applies.
+- in mutmut's stats run, the functions a test module's fixtures ran (a live server started for the module,
+  its shutdown after the module's last test) are mapped to every test of that module: mutmut maps a
+  function only to the test during whose setup, call or teardown it ran, so a module fixture's start was
+  mapped to the module's first test alone, and its teardown, run after mutmut's own teardown hook, to the
+  next module's first test. Their mutants then ran against one unrelated test and "survived".
+
+Outside a mutant's run (stats, clean and forced-fail runs) only the node id repair and that mapping apply.
 """
 
 from __future__ import annotations
@@ -28,6 +34,10 @@ import pytest
 CAPPED = Path("mutation-capped")
 #: Added to a module's recorded test time when it serves over real uvicorn (server start, model loads).
 SERVER_MODULE_COST_S = 1.5
+#: Stats run: the functions each test module's fixtures ran (setups, and teardowns mutmut did not see).
+_FIXTURE_HITS: dict[str, set[str]] = {}
+#: Stats run: what the last teardown ran after mutmut's hook had recorded that test (not the next setup's).
+_late_hits: set[str] = set()
 
 
 def _mutant_under_test() -> bool:
@@ -98,7 +108,50 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         (CAPPED / os.environ["MUTANT_UNDER_TEST"]).touch()
 
 
+def _stats_run() -> bool:
+    return os.environ.get("MUTANT_UNDER_TEST") == "stats"
+
+
+def _module(item: pytest.Item) -> str:
+    return item.nodeid.removeprefix("mutants/").split("::", 1)[0]
+
+
+def _hits() -> set[str]:
+    from mutmut.state import state
+
+    return state()._stats
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_setup(item: pytest.Item):
+    yield
+    if _stats_run():
+        _FIXTURE_HITS.setdefault(_module(item), set()).update(_hits() - _late_hits)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None):
+    global _late_hits
+    yield
+    if _stats_run():  # mutmut's teardown hook ran before the fixtures' finalizers: these are theirs
+        _late_hits = set(_hits())
+        _FIXTURE_HITS.setdefault(_module(item), set()).update(_late_hits)
+
+
+@pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    """A mutant run with every one of its tests is no longer capped."""
+    """A mutant run with every one of its tests is no longer capped; after a stats run, map each module's
+    fixture functions to every test of the module."""
     if _mutant_under_test() and not float(os.environ.get("HOTSWAP_MUTATE_BUDGET_S") or 0) > 0:
         (CAPPED / os.environ["MUTANT_UNDER_TEST"]).unlink(missing_ok=True)
+    if not _stats_run() or not _FIXTURE_HITS:
+        return
+    from mutmut.state import state
+
+    tests: dict[str, list[str]] = {}
+    for item in session.items:
+        tests.setdefault(_module(item), []).append(item.nodeid.removeprefix("mutants/"))
+    mapping = state().tests_by_mangled_function_name
+    for module, functions in _FIXTURE_HITS.items():
+        for function in functions:
+            mapping[function].update(tests.get(module, ()))
