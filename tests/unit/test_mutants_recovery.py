@@ -4,6 +4,7 @@ between two real onnxruntime runners of the tiny network (same weights, other we
 from __future__ import annotations
 
 import asyncio
+import time
 
 import numpy as np
 import pytest
@@ -26,8 +27,10 @@ def value(metrics: Metrics, name: str, labels: dict[str, str]) -> float | None:
 
 def test_a_switch_is_counted_timed_and_logged_whole():
     metrics = Metrics()
+    before = time.time()
     switches = SwitchLog("m", metrics)
     assert (switches.state, switches.reason, switches.last_probe) == ("serving", "loaded", None)
+    assert before <= switches.summary()["since"] <= time.time(), "serving since it loaded"
     switches.switched("a#0", "b#1", "backend_error", 0.25, faulty=True, preferred=False)
     assert (switches.state, switches.reason) == ("failed_over", "backend_error")
     assert switches.summary() == {"state": "failed_over", "since": switches.since, "reason": "backend_error",

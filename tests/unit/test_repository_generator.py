@@ -130,3 +130,24 @@ def test_an_unload_lets_a_running_generation_finish(tiny_llm, registry):
         return await running
 
     _finished_whole(asyncio.run(go()))
+
+
+def test_a_generation_call_counts_its_outcome_once(tiny_llm, registry):
+    from hotswap.serve.dataplane import DataPlane
+    from hotswap.serve.generate_common import GenerationCall
+
+    metrics = Metrics()
+
+    async def go():
+        repo = _repository(tiny_llm, registry, metrics)
+        await repo.load("gen")
+        call = GenerationCall(DataPlane(repo, metrics), "gen", None)
+        call.record(None)
+        call.record(RuntimeError("a second outcome of the same request"))  # ignored: the first one counts
+        await repo.close()
+
+    asyncio.run(go())
+    counted = {s.name: s.value for family in metrics.registry.collect() for s in family.samples
+               if s.labels.get("model") == "gen" and s.name in ("hotswap_request_success_total",
+                                                               "hotswap_request_failure_total")}
+    assert counted == {"hotswap_request_success_total": 1.0}
