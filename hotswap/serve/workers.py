@@ -219,9 +219,9 @@ def worker_main(config: HotswapConfig, config_dir: Path | None, port: int, stop:
     settings = uvicorn_config(application, config.server, port=port, headers=[(WORKER_HEADER, str(os.getpid()))])
     server = Server(settings, application.state.dataplane)
     threading.Thread(target=_follow_supervisor, args=(stop, server), daemon=True, name="supervisor-pipe").start()
+    # A server that cannot start exits with uvicorn's own status (3) from inside run(); one that ends
+    # before it was ready, with any status, stops the supervisor (WorkerSupervisor._exited).
     server.run(sockets=[bind_reuseport(config.server.host, port)])
-    if not server.started:
-        sys.exit(1)
 
 
 def _follow_supervisor(stop: Connection, server: Any) -> None:
