@@ -10,7 +10,10 @@ stats run, with `-x`. This plugin makes that affordable and correct:
   start once, so a mutant that is caught is usually caught by a unit test in well under a second;
 - $HOTSWAP_MUTATE_BUDGET_S (seconds, unset = no cap) keeps, in that order, only the tests whose recorded
   time fits that budget for each mutant. A capped mutant that survives may be caught by a test left out: it
-  is marked in mutants/mutation-capped/ and scripts/mutate.py runs it again with every test.
+  is marked in mutants/mutation-capped/ and scripts/mutate.py runs it again with every test. Such a budgeted
+  run is stopped after WATCHDOG_S of wall time with SIGXCPU, as mutmut stops a mutant past its own timeout
+  (a timeout: caught): mutmut's timeout counts every test mapped to the function, minutes for one that
+  starts with a live server, so each mutant that hangs a server cost that long.
 
 - in mutmut's stats run, the functions a test module's fixtures ran (a live server started for the module,
   its shutdown after the module's last test) are mapped to every test of that module: mutmut maps a
@@ -25,6 +28,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import threading
 from pathlib import Path
 
 import pytest
@@ -34,6 +39,8 @@ import pytest
 CAPPED = Path("mutation-capped")
 #: Added to a module's recorded test time when it serves over real uvicorn (server start, model loads).
 SERVER_MODULE_COST_S = 1.5
+#: Wall-clock bound of a budgeted mutant's run (its tests' recorded time is at most the budget, 5 s).
+WATCHDOG_S = 90.0
 #: Stats run: the functions each test module's fixtures ran (setups, and teardowns mutmut did not see).
 _FIXTURE_HITS: dict[str, set[str]] = {}
 #: Stats run: what the last teardown ran after mutmut's hook had recorded that test (not the next setup's).
@@ -88,6 +95,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     budget = float(os.environ.get("HOTSWAP_MUTATE_BUDGET_S") or 0)
     if budget <= 0:
         return
+    watchdog = threading.Timer(max(WATCHDOG_S, 10 * budget), os.kill, (os.getpid(), signal.SIGXCPU))
+    watchdog.daemon = True
+    watchdog.start()
     kept: list[pytest.Item] = []
     started: set[str] = set()
     spent = 0.0
