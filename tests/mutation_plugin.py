@@ -11,7 +11,7 @@ stats run, with `-x`. This plugin makes that affordable and correct:
 - $HOTSWAP_MUTATE_BUDGET_S (seconds, unset = no cap) keeps, in that order, only the tests whose recorded
   time fits that budget for each mutant. A capped mutant that survives may be caught by a test left out: it
   is marked in mutants/mutation-capped/ and scripts/mutate.py runs it again with every test. Such a budgeted
-  run is stopped after WATCHDOG_S of wall time with SIGXCPU, as mutmut stops a mutant past its own timeout
+  run is stopped after WATCHDOG_S (45 s) of wall time with SIGXCPU, as mutmut stops a mutant past its own timeout
   (a timeout: caught): mutmut's timeout counts every test mapped to the function, minutes for one that
   starts with a live server, so each mutant that hangs a server cost that long.
 
@@ -40,7 +40,7 @@ CAPPED = Path("mutation-capped")
 #: Added to a module's recorded test time when it serves over real uvicorn (server start, model loads).
 SERVER_MODULE_COST_S = 1.5
 #: Wall-clock bound of a budgeted mutant's run (its tests' recorded time is at most the budget, 5 s).
-WATCHDOG_S = 90.0
+WATCHDOG_S = 45.0
 #: Stats run: the functions each test module's fixtures ran (setups, and teardowns mutmut did not see).
 _FIXTURE_HITS: dict[str, set[str]] = {}
 #: Stats run: what the last teardown ran after mutmut's hook had recorded that test (not the next setup's).
