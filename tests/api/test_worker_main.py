@@ -80,13 +80,22 @@ def start(settings, port: int) -> Worker:
     return worker
 
 
+def listening(ready: threading.Event, thread: threading.Thread, timeout_s: float = 60) -> bool:
+    """Whether the worker became ready; False as soon as it ended without (not after the whole wait)."""
+    deadline = time.monotonic() + timeout_s
+    while not ready.wait(0.05):
+        if not thread.is_alive() or time.monotonic() > deadline:
+            return ready.is_set()
+    return True
+
+
 def infer(port: int) -> httpx.Response:
     return httpx.post(f"http://127.0.0.1:{port}/v2/models/tiny/infer", json=ONE_ROW, timeout=30)
 
 
 def test_a_worker_answers_with_its_pid_and_drains_on_stop(tiny, reserved, process_group):
     worker = start(config(tiny), reserved)
-    assert worker.ready.wait(60), "the worker never listened"
+    assert listening(worker.ready, worker.thread), "the worker never listened"
     answer = infer(reserved)
     assert answer.status_code == 200 and answer.headers[WORKER_HEADER] == str(os.getpid())
     assert process_group == ["setpgrp"]
@@ -97,9 +106,41 @@ def test_a_worker_answers_with_its_pid_and_drains_on_stop(tiny, reserved, proces
         infer(reserved)
 
 
+def test_two_workers_share_the_port_and_follow_the_pipe_on_a_daemon_thread(tiny, reserved):
+    """Each listens on its own SO_REUSEPORT socket (a second plain bind would fail), and the thread reading
+    the supervisor's pipe must not keep a drained worker's process alive."""
+    workers = [start(config(tiny), reserved) for _ in range(2)]
+    try:
+        assert all(listening(w.ready, w.thread) for w in workers), "a second worker could not listen on the shared port"
+        followers = [t for t in threading.enumerate() if t.name == "supervisor-pipe"]
+        assert len(followers) == 2 and all(t.daemon for t in followers)
+        assert infer(reserved).status_code == 200
+    finally:
+        for worker in workers:
+            worker.stop.send("stop")
+        for worker in workers:
+            worker.thread.join(30)
+    assert [w.exit for w in workers] == [["returned"], ["returned"]]
+
+
+def test_a_relative_source_is_read_from_the_config_folder(tiny, reserved):
+    settings = config(tiny, source=Path(tiny.onnx).name)
+    receiver, sender = multiprocessing.Pipe(duplex=False)
+    ready = threading.Event()
+    thread = threading.Thread(target=worker_main, args=(settings, Path(tiny.onnx).parent, reserved, receiver, ready),
+                              daemon=True)
+    thread.start()
+    try:
+        assert listening(ready, thread) and infer(reserved).status_code == 200
+    finally:
+        sender.send("stop")
+        thread.join(30)
+    assert not thread.is_alive()
+
+
 def test_a_worker_whose_supervisor_is_gone_drains(tiny, reserved):
     worker = start(config(tiny), reserved)
-    assert worker.ready.wait(60)
+    assert listening(worker.ready, worker.thread)
     worker.stop.close()  # the supervisor died: its end of the pipe closed
     worker.thread.join(30)
     assert not worker.thread.is_alive() and worker.exit == ["returned"]
@@ -107,7 +148,7 @@ def test_a_worker_whose_supervisor_is_gone_drains(tiny, reserved):
 
 def test_force_ends_a_drain_that_waits_for_a_request(tiny, reserved):
     worker = start(config(tiny), reserved)
-    assert worker.ready.wait(60)
+    assert listening(worker.ready, worker.thread)
     held = socket.create_connection(("127.0.0.1", reserved))
     try:  # a request whose body is still coming: a drain waits for it, up to graceful_timeout_s (20 s)
         held.sendall(b"POST /v2/models/tiny/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\n{")
