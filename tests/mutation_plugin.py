@@ -13,8 +13,7 @@ stats run, with `-x`. This plugin makes that affordable and correct:
   is marked in mutants/mutation-capped/ and scripts/mutate.py runs it again with every test. Such a budgeted
   run is stopped after WATCHDOG_S (45 s) of wall time with SIGXCPU, as mutmut stops a mutant past its own timeout
   (a timeout: caught): mutmut's timeout counts every test mapped to the function, minutes for one that
-  starts with a live server, so each mutant that hangs a server cost that long.
-
+  starts with a live server, so each mutant that hangs a server cost that long;
 - in mutmut's stats run, the functions a test module's fixtures ran (a live server started for the module,
   its shutdown after the module's last test) are mapped to every test of that module: mutmut maps a
   function only to the test during whose setup, call or teardown it ran, so a module fixture's start was
@@ -126,10 +125,14 @@ def _module(item: pytest.Item) -> str:
     return item.nodeid.removeprefix("mutants/").split("::", 1)[0]
 
 
-def _hits() -> set[str]:
-    from mutmut.state import state
+def _state():
+    from mutmut.state import state  # only in mutmut's own process, which runs the stats session
 
-    return state()._stats
+    return state()
+
+
+def _hits() -> set[str]:
+    return _state()._stats
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -156,12 +159,10 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         (CAPPED / os.environ["MUTANT_UNDER_TEST"]).unlink(missing_ok=True)
     if not _stats_run() or not _FIXTURE_HITS:
         return
-    from mutmut.state import state
-
     tests: dict[str, list[str]] = {}
     for item in session.items:
         tests.setdefault(_module(item), []).append(item.nodeid.removeprefix("mutants/"))
-    mapping = state().tests_by_mangled_function_name
+    mapping = _state().tests_by_mangled_function_name
     for module, functions in _FIXTURE_HITS.items():
         for function in functions:
             mapping[function].update(tests.get(module, ()))

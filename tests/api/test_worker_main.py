@@ -39,6 +39,14 @@ class Worker:
     thread: threading.Thread
     exit: list = field(default_factory=list)  # SystemExit codes, or "returned"
 
+    def listening(self, timeout_s: float = 60) -> bool:
+        """Whether it became ready; False as soon as it ended without (not after the whole wait)."""
+        deadline = time.monotonic() + timeout_s
+        while not self.ready.wait(0.05):
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                return self.ready.is_set()
+        return True
+
 
 @pytest.fixture(autouse=True)
 def process_group(monkeypatch) -> list[str]:
@@ -63,14 +71,14 @@ def config(tiny, source=None, **server):
                                      "backends": [{"name": "onnxruntime"}]}]}, "test")
 
 
-def start(settings, port: int) -> Worker:
+def start(settings, port: int, config_dir: Path | None = None) -> Worker:
     receiver, sender = multiprocessing.Pipe(duplex=False)
     ready = threading.Event()
     worker = Worker(port, ready, sender, threading.Thread())
 
     def body() -> None:
         try:
-            worker_main(settings, None, port, receiver, ready)
+            worker_main(settings, config_dir, port, receiver, ready)
             worker.exit.append("returned")
         except SystemExit as exc:
             worker.exit.append(exc.code)
@@ -80,22 +88,13 @@ def start(settings, port: int) -> Worker:
     return worker
 
 
-def listening(ready: threading.Event, thread: threading.Thread, timeout_s: float = 60) -> bool:
-    """Whether the worker became ready; False as soon as it ended without (not after the whole wait)."""
-    deadline = time.monotonic() + timeout_s
-    while not ready.wait(0.05):
-        if not thread.is_alive() or time.monotonic() > deadline:
-            return ready.is_set()
-    return True
-
-
 def infer(port: int) -> httpx.Response:
     return httpx.post(f"http://127.0.0.1:{port}/v2/models/tiny/infer", json=ONE_ROW, timeout=30)
 
 
 def test_a_worker_answers_with_its_pid_and_drains_on_stop(tiny, reserved, process_group):
     worker = start(config(tiny), reserved)
-    assert listening(worker.ready, worker.thread), "the worker never listened"
+    assert worker.listening(), "the worker never listened"
     answer = infer(reserved)
     assert answer.status_code == 200 and answer.headers[WORKER_HEADER] == str(os.getpid())
     assert process_group == ["setpgrp"]
@@ -111,7 +110,7 @@ def test_two_workers_share_the_port_and_follow_the_pipe_on_a_daemon_thread(tiny,
     the supervisor's pipe must not keep a drained worker's process alive."""
     workers = [start(config(tiny), reserved) for _ in range(2)]
     try:
-        assert all(listening(w.ready, w.thread) for w in workers), "a second worker could not listen on the shared port"
+        assert all(w.listening() for w in workers), "a second worker could not listen on the shared port"
         followers = [t for t in threading.enumerate() if t.name == "supervisor-pipe"]
         assert len(followers) == 2 and all(t.daemon for t in followers)
         assert infer(reserved).status_code == 200
@@ -124,23 +123,18 @@ def test_two_workers_share_the_port_and_follow_the_pipe_on_a_daemon_thread(tiny,
 
 
 def test_a_relative_source_is_read_from_the_config_folder(tiny, reserved):
-    settings = config(tiny, source=Path(tiny.onnx).name)
-    receiver, sender = multiprocessing.Pipe(duplex=False)
-    ready = threading.Event()
-    thread = threading.Thread(target=worker_main, args=(settings, Path(tiny.onnx).parent, reserved, receiver, ready),
-                              daemon=True)
-    thread.start()
+    worker = start(config(tiny, source=Path(tiny.onnx).name), reserved, config_dir=Path(tiny.onnx).parent)
     try:
-        assert listening(ready, thread) and infer(reserved).status_code == 200
+        assert worker.listening() and infer(reserved).status_code == 200
     finally:
-        sender.send("stop")
-        thread.join(30)
-    assert not thread.is_alive()
+        worker.stop.send("stop")
+        worker.thread.join(30)
+    assert worker.exit == ["returned"]
 
 
 def test_a_worker_whose_supervisor_is_gone_drains(tiny, reserved):
     worker = start(config(tiny), reserved)
-    assert listening(worker.ready, worker.thread)
+    assert worker.listening()
     worker.stop.close()  # the supervisor died: its end of the pipe closed
     worker.thread.join(30)
     assert not worker.thread.is_alive() and worker.exit == ["returned"]
@@ -148,7 +142,7 @@ def test_a_worker_whose_supervisor_is_gone_drains(tiny, reserved):
 
 def test_force_ends_a_drain_that_waits_for_a_request(tiny, reserved):
     worker = start(config(tiny), reserved)
-    assert listening(worker.ready, worker.thread)
+    assert worker.listening()
     held = socket.create_connection(("127.0.0.1", reserved))
     try:  # a request whose body is still coming: a drain waits for it, up to graceful_timeout_s (20 s)
         held.sendall(b"POST /v2/models/tiny/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\n{")

@@ -6,6 +6,8 @@ start. Over HTTP, with the failover supervisor around it: tests/api/test_shadow.
 from __future__ import annotations
 
 import asyncio
+import os
+import threading
 
 import numpy as np
 import pytest
@@ -192,9 +194,6 @@ def test_parity_of_a_shape_mismatch_is_the_worst_per_row_and_of_no_rows_is_exact
 
 
 def test_nice_zero_leaves_the_thread_priority_alone():
-    import os
-    import threading
-
     seen: list[int] = []
 
     def thread() -> None:
@@ -212,8 +211,6 @@ def test_nice_zero_leaves_the_thread_priority_alone():
 
 
 def test_the_shadow_loads_runs_and_closes_on_its_own_thread(tiny):
-    import threading
-
     shadow = ShadowParity(model(tiny), discover_backends(), Metrics())
     assert shadow.summary()["device"] == ""  # not loaded yet
     threads: list[str] = []
