@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import math
 import os
 from pathlib import Path
 
@@ -29,6 +30,8 @@ from hotswap.server_config import LOOPBACK_HOSTS, ServerConfig
 
 log = logging.getLogger("hotswap.guard")
 
+#: A timer may fire up to a clock tick before its time: a deadline this close (seconds) counts as passed.
+TIMER_SLACK_S = 0.001
 OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready"})
 SCOPE_RANK = {"open": 0, "infer": 1, "admin": 2}
 
@@ -116,6 +119,7 @@ class Guard:
         self._metrics_scope = config.auth.metrics
         self._max_body = config.limits.max_body_bytes
         self._body_timeout = config.limits.body_timeout_s
+        self._deadlines = BodyDeadlines()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -170,20 +174,25 @@ class Guard:
         dribbles a byte at a time must not hold the connection any longer than a silent one."""
         received = 0
         done = False
-        max_body, timeout = self._max_body, self._body_timeout
+        max_body, timeout, deadlines = self._max_body, self._body_timeout, self._deadlines
         deadline = asyncio.get_running_loop().time() + timeout
 
         async def bounded_receive() -> Message:
             nonlocal received, done
             if done:  # after the body only a disconnect can come: no deadline on it
                 return await receive()
+            task = deadlines.watch(deadline)
+            cancelling = task.cancelling()
             try:
-                # timeout_at arms one timer; wait_for would also start a task for every receive().
-                async with asyncio.timeout_at(deadline):
-                    message = await receive()
-            except TimeoutError:
-                raise BodyTimeout(f"request body not received within server.limits.body_timeout_s="
-                                  f"{timeout:g}") from None
+                message = await receive()
+            except BaseException as exc:
+                # Only our own cancellation becomes a 408; one also asked for by someone else goes on.
+                if (deadlines.end(task) and isinstance(exc, asyncio.CancelledError)
+                        and task.uncancel() <= cancelling):
+                    raise BodyTimeout(f"request body not received within server.limits.body_timeout_s="
+                                      f"{timeout:g}") from None
+                raise
+            deadlines.end(task)
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > max_body:
@@ -195,3 +204,60 @@ class Guard:
 
         return bounded_receive
 
+
+class BodyDeadlines:
+    """The body reads waiting right now and their deadlines, watched by one timer for all of them.
+
+    A timer per read (asyncio.timeout_at) armed and cancelled a timer handle on every request,
+    about a tenth of the event loop's time per small request, though almost every body has
+    arrived with its headers. Here a read costs two dict operations; the one timer is armed at
+    the earliest deadline and, when it fires, cancels the reads past theirs (each read then
+    raises BodyTimeout) and re-arms at the next."""
+
+    __slots__ = ("_reads", "_expired", "_timer", "_when", "_loop")
+
+    def __init__(self) -> None:
+        self._reads: dict[asyncio.Task, float] = {}
+        self._expired: set[asyncio.Task] = set()
+        self._timer: asyncio.TimerHandle | None = None
+        self._when = math.inf
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def watch(self, deadline: float) -> asyncio.Task:
+        """The current task is about to wait for body bytes until `deadline` (loop time)."""
+        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        if task is None:
+            raise RuntimeError("a body is read outside of a task")
+        if loop is not self._loop:  # a new event loop (tests run several): the old timer is gone with its loop
+            self._loop, self._timer, self._when = loop, None, math.inf
+        self._reads[task] = deadline
+        if deadline < self._when:
+            self._arm(deadline)
+        return task
+
+    def end(self, task: asyncio.Task) -> bool:
+        """The task's read is over; True if it was cancelled because its deadline passed."""
+        self._reads.pop(task, None)
+        if task in self._expired:
+            self._expired.discard(task)
+            return True
+        return False
+
+    def _arm(self, when: float) -> None:
+        assert self._loop is not None
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer, self._when = self._loop.call_at(when, self._check), when
+
+    def _check(self) -> None:
+        self._timer, self._when = None, math.inf
+        assert self._loop is not None
+        now = self._loop.time() + TIMER_SLACK_S  # a timer may fire a clock tick early
+        for task, deadline in list(self._reads.items()):
+            if deadline <= now:
+                del self._reads[task]
+                self._expired.add(task)
+                task.cancel()
+        if self._reads:
+            self._arm(min(self._reads.values()))

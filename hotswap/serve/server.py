@@ -23,6 +23,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResp
 from hotswap.config import ServerConfig
 from hotswap.serve.dataplane import DataPlane
 from hotswap.serve.disconnect import EXTENSION, DisconnectSignal, signal_of
+from hotswap.serve.guard import TIMER_SLACK_S
 
 #: Seconds before uvicorn's own deadline at which the waiting requests are answered 503.
 ANSWER_MARGIN_S = 0.5
@@ -92,29 +93,40 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        # One timer per connection, not one armed and cancelled per request: it fires at most
+        # every header_timeout_s and closes the connection only if headers are still awaited
+        # past the deadline; otherwise it re-arms for the request that is waiting, or stops.
         self._header_deadline: asyncio.TimerHandle | None = None
-        self._arm_header_deadline()
+        self._headers_since: float | None = None
+        self._await_headers()
 
-    def _arm_header_deadline(self) -> None:
+    def _await_headers(self) -> None:
+        self._headers_since = self.loop.time()
         if self._header_deadline is None:
-            self._header_deadline = self.loop.call_later(self.header_timeout_s, self._headers_too_late)
+            self._header_deadline = self.loop.call_at(self._headers_since + self.header_timeout_s,
+                                                      self._check_headers)
 
     def _disarm_header_deadline(self) -> None:
         if self._header_deadline is not None:
             self._header_deadline.cancel()
             self._header_deadline = None
 
-    def _headers_too_late(self) -> None:
+    def _check_headers(self) -> None:
         self._header_deadline = None
-        if not self.transport.is_closing():
+        since = self._headers_since
+        if since is None:  # no request is waiting for its headers: the next one re-arms
+            return
+        if since + self.header_timeout_s > self.loop.time() + TIMER_SLACK_S:
+            self._header_deadline = self.loop.call_at(since + self.header_timeout_s, self._check_headers)
+        elif not self.transport.is_closing():
             self.transport.close()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._arm_header_deadline()  # the next request on a kept-alive connection
+        self._await_headers()  # the next request on a kept-alive connection
 
     def on_headers_complete(self) -> None:
-        self._disarm_header_deadline()
+        self._headers_since = None
         # Before the request's task exists: a queued request learns of a lost connection from
         # this signal instead of a task of its own waiting on receive().
         self.scope.setdefault("extensions", {})[EXTENSION] = DisconnectSignal()  # type: ignore[assignment]
