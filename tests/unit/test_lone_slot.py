@@ -18,7 +18,7 @@ from hotswap.backends.registry import BackendRegistry
 from hotswap.config import ModelConfig
 from hotswap.errors import BackendError, QueueFull
 from hotswap.serve.batch import BatchOutcome
-from hotswap.serve.batcher import PROBE_EVERY
+from hotswap.serve.batcher import PROBE_EVERY, DynamicBatcher
 from hotswap.serve.metrics import Metrics
 from hotswap.serve.runner import ModelRunner
 from hotswap.testing import TinyModels
@@ -70,7 +70,8 @@ def test_no_slot_while_requests_are_queued_or_every_worker_is_busy():
 
 def test_a_delay_offers_a_slot_only_once_waiting_stopped_paying_off_and_keeps_probing():
     """With a delay, a lone request may skip the queue only when the batcher would not wait for company
-    either; every PROBE_EVERY-th such decision goes through the queue, and that fill does wait."""
+    either; the PROBE_EVERY-th such decision goes through the queue, and that fill does wait. Each probe
+    that brings nobody doubles the interval to the next one; one that brings company resets it."""
     async def body():
         rec = Recorder()
         batcher = start(rec, max_batch_size=8, max_queue_delay_ms=20)
@@ -82,21 +83,38 @@ def test_a_delay_offers_a_slot_only_once_waiting_stopped_paying_off_and_keeps_pr
             waited += 1
             await idle(batcher)
         assert 10 <= waited <= 20
-        offered, decisions = [], batcher._decisions
-        for i in range(2 * PROBE_EVERY):
-            offered.append(batcher.lone_slot(ANY))
-            if offered[-1] is None:  # the probe: through the queue, and its fill waits the delay
-                request = submit(batcher, rows_of(100 + i))
-                await request.future
-                assert rec.dispatched_at[-1] - request.enqueued >= 0.019, "the granted probe did not wait"
-                await idle(batcher)
-        assert offered.count(None) == 2 and offered.count(0) == 2 * PROBE_EVERY - 2
-        # Each lone_slot call is one more decision of the count the fill's decisions share.
-        probes = [i for i in range(2 * PROBE_EVERY) if (decisions + i + 1) % PROBE_EVERY == 0]
-        assert [i for i, slot in enumerate(offered) if slot is None] == probes
+        decisions = PROBE_EVERY * (1 + 2 + 4)
+        probes = await _offers(rec, batcher, decisions)
+        assert probes == [PROBE_EVERY - 1, 3 * PROBE_EVERY - 1, 7 * PROBE_EVERY - 1], "16, then 32, then 64 apart"
+        # A probe that brings company: the next one comes PROBE_EVERY decisions later again.
+        assert await _offers(rec, batcher, 8 * PROBE_EVERY - 1) == []
+        slot = batcher.lone_slot(ANY)
+        assert slot is None, "the next probe, 128 decisions on"
+        first = submit(batcher, rows_of(1))
+        await asyncio.sleep(0.005)
+        second = submit(batcher, rows_of(2))
+        await asyncio.gather(first.future, second.future)
+        assert rec.rows[-1] == 2, "the probe waited, and the second request joined it"
+        await idle(batcher)
+        batcher._wait_payoff = 0.0  # back to skipping (the paid-off wait raised it)
+        assert await _offers(rec, batcher, PROBE_EVERY) == [PROBE_EVERY - 1]
         await batcher.drain_and_stop()
 
     run(body())
+
+
+async def _offers(rec: Recorder, batcher: DynamicBatcher, count: int) -> list[int]:
+    """Ask for a lone slot `count` times, as lone requests one at a time; the indices refused (the
+    probes) went through the queue, and each waited the whole delay for company."""
+    probes = []
+    for i in range(count):
+        if batcher.lone_slot(ANY) is None:
+            probes.append(i)
+            request = submit(batcher, rows_of(100 + i))
+            await request.future
+            assert rec.dispatched_at[-1] - request.enqueued >= 0.019, "the granted probe did not wait"
+            await idle(batcher)
+    return probes
 
 
 def test_adaptive_delay_off_never_skips_the_queue():
