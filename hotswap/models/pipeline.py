@@ -23,6 +23,8 @@ class StageTimes:
     preprocess_s: float
     infer_s: float
     postprocess_s: float
+    #: CPU seconds of the calling thread for the whole call (waits for the GIL or a device not counted).
+    cpu_s: float | None = None
 
 
 class Pipeline:
@@ -51,13 +53,13 @@ class Pipeline:
 
     def run(self, inputs: Tensors) -> tuple[Tensors, StageTimes]:
         """Pre-process, infer and post-process one batch of already-checked inputs."""
-        t0 = time.perf_counter()
+        c0, t0 = time.thread_time(), time.perf_counter()
         prepared = self.processor.preprocess(inputs)
         t1 = time.perf_counter()
         outputs = self.backend.infer(prepared)
         t2 = time.perf_counter()
         results = self.processor.postprocess(prepared, outputs)
-        return results, StageTimes(t1 - t0, t2 - t1, time.perf_counter() - t2)
+        return results, StageTimes(t1 - t0, t2 - t1, time.perf_counter() - t2, time.thread_time() - c0)
 
     def close(self) -> None:
         self.backend.close()

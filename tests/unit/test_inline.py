@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
+import numpy as np
+
 from hotswap.models.pipeline import StageTimes
-from hotswap.serve.inline import PROBE_EVERY, InlinePolicy
+from hotswap.serve.inline import MAX_PROBE_EVERY, PROBE_EVERY, InlinePolicy
 
 
 def took(us: float) -> StageTimes:
@@ -72,3 +77,63 @@ def test_an_inline_call_replaces_an_average_exactly_at_the_bound():
     policy.observe(0, StageTimes(0.0, 0.0, 0.0), ran_inline=True)  # a probe: its time replaces the average
     policy.observe(0, StageTimes(0.0, 400e-6, 0.0), ran_inline=False)  # 0 + 0.2 x 400 µs = 80 µs
     assert policy.inline(0)
+
+
+def on_thread(wall_us: float, cpu_us: float) -> StageTimes:
+    """A call on the instance's thread: `wall_us` long, of which its thread used `cpu_us` of CPU."""
+    return StageTimes(0.0, wall_us / 1e6, 0.0, cpu_us / 1e6)
+
+
+def test_a_call_long_on_its_thread_only_for_its_waits_is_probed_however_long_it_took():
+    policy = InlinePolicy(200, 1, allowed=True)
+    policy.observe(0, on_thread(1500, 50), False)  # 1.5 ms waiting for the GIL, 50 µs of work
+    assert [policy.decide(0) for _ in range(PROBE_EVERY)] == [False] * (PROBE_EVERY - 1) + [True]
+    policy.observe(0, on_thread(60, 55), True)
+    assert policy.inline(0), "the probe was fast inline: it stays inline"
+    busy = InlinePolicy(200, 1, allowed=True)
+    busy.observe(0, on_thread(1500, 1000), False)  # a millisecond of CPU: it would block the loop
+    assert not any(busy.decide(0) for _ in range(4 * PROBE_EVERY))
+
+
+def test_a_probe_slow_inline_too_doubles_the_interval_and_a_fast_one_resets_it():
+    policy = InlinePolicy(200, 1, allowed=True)
+    policy.observe(0, on_thread(5000, 30), False)  # a device's wait: little CPU, a long call
+
+    def next_probe() -> int:
+        for calls in range(1, MAX_PROBE_EVERY + 1):
+            if policy.decide(0):
+                return calls
+        raise AssertionError("no probe")
+
+    intervals = []
+    for _ in range(7):
+        intervals.append(next_probe())
+        policy.observe(0, on_thread(5000, 30), True)  # the probe, inline: as slow as on its thread
+    assert intervals == [32, 64, 128, 256, 512, 1024, 1024]
+    assert next_probe() == MAX_PROBE_EVERY
+    policy.observe(0, on_thread(80, 70), True)  # fast inline after all: inline, and the interval reset
+    assert policy.inline(0)
+    policy.observe(0, on_thread(5000, 30), False)
+    for _ in range(8):  # an average back over the bound (5 ms calls): on its thread again
+        policy.observe(0, on_thread(5000, 30), False)
+    assert not policy.inline(0)
+    assert next_probe() == PROBE_EVERY
+
+
+def test_the_pipeline_reports_its_thread_s_cpu_time_apart_from_its_waits(tiny):
+    from hotswap.backends.onnxruntime_backend import OnnxRuntimeBackend
+    from hotswap.models.pipeline import Pipeline
+
+    backend = OnnxRuntimeBackend()
+    backend.load(Path(tiny.onnx), OnnxRuntimeBackend.Options())
+    pipeline = Pipeline(backend, None, Path(tiny.onnx).parent)
+    original = backend.infer
+
+    def slow(inputs):  # a wait that costs no CPU, as a device's
+        time.sleep(0.05)
+        return original(inputs)
+
+    backend.infer = slow  # type: ignore[method-assign]
+    _, times = pipeline.run({"x": np.ones((2, 8), np.float32)})
+    assert times.infer_s >= 0.05
+    assert times.cpu_s is not None and 0 < times.cpu_s < 0.02, times
