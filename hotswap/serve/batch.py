@@ -68,11 +68,7 @@ class Batch:
         Raises BackendError (answering nobody) when an output does not have `rows` rows: slicing
         it anyway would hand callers someone else's rows, or none.
         """
-        total = self.rows
-        for name, out in outputs.items():
-            if out.ndim == 0 or out.shape[0] != total:
-                raise BackendError(f"output '{name}' has shape {list(out.shape)}; "
-                                   f"expected {total} rows, one per input row of the batch")
+        check_rows(outputs, self.rows)
         offset = 0
         for request in self.requests:
             if request.live:
@@ -84,6 +80,14 @@ class Batch:
         for request in self.requests:
             if request.live:
                 request.future.set_exception(exc)
+
+
+def check_rows(outputs: Tensors, rows: int) -> None:
+    """Raise BackendError unless every output has `rows` rows, one per input row of the batch."""
+    for name, out in outputs.items():
+        if out.ndim == 0 or out.shape[0] != rows:
+            raise BackendError(f"output '{name}' has shape {list(out.shape)}; "
+                               f"expected {rows} rows, one per input row of the batch")
 
 
 class BatchHung(BackendError):

@@ -21,7 +21,7 @@ from hotswap.errors import ModelNotReady
 from hotswap.models.pipeline import Pipeline, StageTimes
 from hotswap.models.signature import Signature, Tensors
 from hotswap.models.sources import ModelSource, resolve_source
-from hotswap.serve.batch import Batch, BatchHung, BatchOutcome
+from hotswap.serve.batch import Batch, BatchHung, BatchOutcome, check_rows
 from hotswap.serve.batcher import DynamicBatcher, PendingRequest
 from hotswap.serve.inline import InlinePolicy
 from hotswap.serve.metrics import Metrics, ModelSeries
@@ -243,18 +243,18 @@ class ModelRunner:
         self._answer(batch, inputs, done, t0, concat_s)
 
     def _run_alone(self, index: int, inputs: Tensors, rows: int) -> Tensors:
-        """A batch of one chosen by `DynamicBatcher.lone_slot`: run inline now, without yielding to the loop."""
+        """A batch of one chosen by `DynamicBatcher.lone_slot`, run inline now: its outputs are its own."""
         t0 = time.perf_counter()
-        request = PendingRequest(inputs, rows, (), asyncio.get_running_loop().create_future())
-        batch = Batch([request])
         try:
-            done = self._pipelines[index].run(inputs)
+            results, times = self._pipelines[index].run(inputs)
+            self._inline.observe(index, times, True)
+            t1 = time.perf_counter()
+            check_rows(results, rows)
         except Exception as exc:
-            self._fail(batch, inputs, exc, t0)
-        else:
-            self._inline.observe(index, done[1], True)
-            self._answer(batch, inputs, done, t0, 0.0)
-        return request.future.result()
+            self._report(BatchOutcome(inputs, None, exc, time.perf_counter() - t0))
+            raise
+        self._record(inputs, rows, results, times, t0, t1, 0.0)
+        return results
 
     def _fail(self, batch: Batch, inputs: Tensors, exc: Exception, t0: float) -> None:
         batch.fail(exc)
@@ -270,8 +270,13 @@ class ModelRunner:
         except Exception as exc:
             self._fail(batch, inputs, exc, t0)
             return
+        self._record(inputs, batch.rows, results, times, t0, t1, concat_s)
+
+    def _record(self, inputs: Tensors, rows: int, results: Tensors, times: StageTimes, t0: float, t1: float,
+                concat_s: float) -> None:
+        """Report an answered batch (computed from `t0` to `t1`) and record its execution metrics."""
         self._report(BatchOutcome(inputs, results, None, t1 - t0))
-        self.series.executed(batch.rows, concat_s + times.preprocess_s, times.infer_s,
+        self.series.executed(rows, concat_s + times.preprocess_s, times.infer_s,
                              times.postprocess_s + time.perf_counter() - t1)
 
     # -- description -----------------------------------------------------------------
