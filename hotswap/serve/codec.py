@@ -17,6 +17,9 @@ from hotswap.models.datatypes import v2_datatype
 from hotswap.serve.codec_header import InputSpec, RequestedOutput, parse_header, read_header
 from hotswap.serve.codec_tensors import binary_tensor, deserialize_bytes_tensor, json_tensor, serialize_bytes_tensor
 
+#: The HTTP headers of an all-JSON answer (shared, never modified).
+JSON_HEADERS = {"Content-Type": "application/json"}
+
 __all__ = [
     "InferRequest",
     "RequestedOutput",
@@ -93,12 +96,17 @@ def encode_infer_response(
         entries.append(entry)
         if blob is not None:
             blobs.append(blob)
-    fields: dict[str, object] = {"model_name": model, "model_version": version, "id": request.id,
-                                 "parameters": parameters}
-    resp = {k: v for k, v in fields.items() if v is not None and v != {}} | {"outputs": entries}
+    resp: dict[str, object] = {"model_name": model}
+    if version is not None:
+        resp["model_version"] = version
+    if request.id is not None:
+        resp["id"] = request.id
+    if parameters:
+        resp["parameters"] = parameters
+    resp["outputs"] = entries
     header = orjson.dumps(resp, option=orjson.OPT_SERIALIZE_NUMPY)
     if not blobs:
-        return header, {"Content-Type": "application/json"}
+        return header, JSON_HEADERS
     return b"".join([header, *blobs]), {
         "Inference-Header-Content-Length": str(len(header)),
         "Content-Type": "application/octet-stream",
@@ -130,18 +138,18 @@ def _encode_output(name: str, value: np.ndarray, binary: bool) -> tuple[dict, by
         datatype = v2_datatype(arr.dtype)
     except KeyError as e:
         raise BackendError(f"output {name!r}: {e.args[0]}") from None
-    entry: dict = {"name": name, "datatype": datatype, "shape": list(arr.shape)}
     if not binary:
         if datatype == "BYTES":
             text = _bytes_as_json(arr)
             if text is not None:
-                return entry | {"data": text}, None
-        elif datatype == "BF16":
-            return entry | {"data": arr.ravel().astype(np.float32)}, None  # exact; orjson has no bfloat16
+                return {"name": name, "datatype": datatype, "shape": list(arr.shape), "data": text}, None
         else:
-            return entry | {"data": np.ascontiguousarray(arr).ravel()}, None  # orjson writes this natively
+            # orjson writes a contiguous 1-d array natively; it has no bfloat16, so BF16 goes as exact FP32.
+            data = arr.ravel().astype(np.float32) if datatype == "BF16" else np.ascontiguousarray(arr).ravel()
+            return {"name": name, "datatype": datatype, "shape": list(arr.shape), "data": data}, None
     blob = serialize_bytes_tensor(arr) if datatype == "BYTES" else np.ascontiguousarray(arr).tobytes()
-    return entry | {"parameters": {"binary_data_size": len(blob)}}, blob
+    return {"name": name, "datatype": datatype, "shape": list(arr.shape),
+            "parameters": {"binary_data_size": len(blob)}}, blob
 
 
 def _bytes_as_json(arr: np.ndarray) -> list[str] | None:

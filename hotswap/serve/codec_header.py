@@ -23,6 +23,8 @@ MAX_ELEMENTS = 2**60 - 1
 _JSON_TYPES = {dict: "object", list: "array", str: "string", bool: "boolean", int: "integer", float: "number",
                type(None): "null"}
 _MISSING = object()
+#: An input without `parameters` (read only, never stored).
+_NO_PARAMETERS: dict = {}
 
 
 @dataclass(slots=True)
@@ -145,33 +147,42 @@ def read_parameters(path: str, value: object, prefix: str = "") -> dict:
 
 
 def read_input(i: int, spec: object) -> InputSpec:
-    """Check the fields of `inputs[i]`; its `data`, if any, is left to the tensor decoder."""
-    path = f"inputs[{i}]"
+    """Check the fields of `inputs[i]`; its `data`, if any, is left to the tensor decoder.
+
+    Error texts (the field's path, the input's name) are only built for an error: this runs for
+    every input of every request."""
     if not isinstance(spec, dict):
-        raise wrong(path, "an object", spec)
+        raise wrong(f"inputs[{i}]", "an object", spec)
     name = spec.get("name")
     if not isinstance(name, str) or not name:
-        raise wrong(f"{path}.name", "a non-empty string", name)
-    prefix = f"input {name!r}: "
+        raise wrong(f"inputs[{i}].name", "a non-empty string", name)
     for key in ("shape", "datatype"):
         if key not in spec:
-            raise InvalidInput(f"{prefix}'{key}' is missing")
+            raise InvalidInput(f"input {name!r}: '{key}' is missing")
     datatype = spec["datatype"]
     if not isinstance(datatype, str):
-        raise wrong(f"{path}.datatype", f"a string, one of {', '.join(DATATYPES)}", datatype, prefix)
-    if datatype not in V2_TO_NUMPY:
-        raise InvalidInput(f"{prefix}unknown datatype {datatype!r}; expected one of {', '.join(DATATYPES)}")
-    shape = read_shape(f"{path}.shape", spec["shape"], prefix)
-    params = read_parameters(f"{path}.parameters", spec.get("parameters", {}), prefix)
-    if "shared_memory_region" in params:
-        raise InvalidInput(f"{prefix}shared memory inputs are not supported; send 'data' or binary data")
-    result = InputSpec(name, datatype, V2_TO_NUMPY[datatype], shape, None, spec.get("data", _MISSING))
-    _read_payload(f"{path}.parameters.binary_data_size", result, params.get("binary_data_size", _MISSING), prefix)
+        raise wrong(f"inputs[{i}].datatype", f"a string, one of {', '.join(DATATYPES)}", datatype,
+                    f"input {name!r}: ")
+    dtype = V2_TO_NUMPY.get(datatype)
+    if dtype is None:
+        raise InvalidInput(f"input {name!r}: unknown datatype {datatype!r}; expected one of {', '.join(DATATYPES)}")
+    shape = read_shape(i, name, spec["shape"])
+    params = spec.get("parameters", _NO_PARAMETERS)
+    if params is not _NO_PARAMETERS:
+        read_parameters(f"inputs[{i}].parameters", params, f"input {name!r}: ")
+        if "shared_memory_region" in params:
+            raise InvalidInput(f"input {name!r}: shared memory inputs are not supported; send 'data' or binary data")
+    result = InputSpec(name, datatype, dtype, shape, None, spec.get("data", _MISSING))
+    size = params.get("binary_data_size", _MISSING)
+    if size is _MISSING and result.data is not _MISSING:
+        return result
+    _read_payload(i, result, size)
     return result
 
 
-def _read_payload(path: str, spec: InputSpec, size: object, prefix: str) -> None:
+def _read_payload(i: int, spec: InputSpec, size: object) -> None:
     """Check that `spec` has exactly one of `data` and a binary `size` fitting its shape; set the latter."""
+    prefix = f"input {spec.name!r}: "
     if size is _MISSING:
         if spec.data is _MISSING:
             raise InvalidInput(f"{prefix}has neither 'data' nor 'parameters.binary_data_size'")
@@ -179,7 +190,7 @@ def _read_payload(path: str, spec: InputSpec, size: object, prefix: str) -> None
     if spec.data is not _MISSING:
         raise InvalidInput(f"{prefix}has both 'data' and 'parameters.binary_data_size'; send exactly one")
     if type(size) is not int or size < 0:  # type(): a JSON boolean is no size
-        raise wrong(path, "a non-negative integer", size, prefix)
+        raise wrong(f"inputs[{i}].parameters.binary_data_size", "a non-negative integer", size, prefix)
     need = math.prod(spec.shape) * spec.dtype.itemsize
     if spec.datatype != "BYTES" and size != need:
         raise InvalidInput(f"{prefix}'parameters.binary_data_size' is {size} but {spec.datatype} "
@@ -187,8 +198,12 @@ def _read_payload(path: str, spec: InputSpec, size: object, prefix: str) -> None
     spec.binary_size, spec.data = size, None
 
 
-def read_shape(path: str, shape: object, prefix: str = "") -> tuple[int, ...]:
-    """Check a `shape`: an array of non-negative integers that numpy can hold."""
+def read_shape(i: int, name: str, shape: object) -> tuple[int, ...]:
+    """Check the `shape` of `inputs[i]` (named `name`): an array of non-negative integers that numpy can hold."""
+    if type(shape) is list and len(shape) <= MAX_RANK and all(type(d) is int and d >= 0 for d in shape):
+        if math.prod(d for d in shape if d) <= MAX_ELEMENTS:
+            return tuple(shape)
+    path, prefix = f"inputs[{i}].shape", f"input {name!r}: "
     if not isinstance(shape, list):
         raise wrong(path, "an array of non-negative integers", shape, prefix)
     if len(shape) > MAX_RANK:
@@ -196,9 +211,7 @@ def read_shape(path: str, shape: object, prefix: str = "") -> tuple[int, ...]:
     for j, d in enumerate(shape):
         if type(d) is not int or d < 0:  # type(): a JSON boolean is no dimension
             raise wrong(f"{path}[{j}]", "a non-negative integer", d, prefix)
-    if math.prod(d for d in shape if d) > MAX_ELEMENTS:
-        raise InvalidInput(f"{prefix}'{path}' {shape} is too large; expected at most {MAX_ELEMENTS} elements")
-    return tuple(shape)
+    raise InvalidInput(f"{prefix}'{path}' {shape} is too large; expected at most {MAX_ELEMENTS} elements")
 
 
 def read_outputs(specs: object, binary_default: bool) -> list[RequestedOutput] | None:
