@@ -17,7 +17,7 @@ from starlette.types import Receive, Scope
 from hotswap.config import ModelConfig
 from hotswap.errors import Forbidden, ShuttingDown
 from hotswap.models.signature import Tensors
-from hotswap.serve.disconnect import cancel_on_disconnect
+from hotswap.serve.disconnect import CancelOnDisconnect
 from hotswap.serve.metrics import Metrics
 from hotswap.serve.repository import ModelRepository
 from hotswap.serve.runner import ModelRunner
@@ -67,7 +67,7 @@ class InferenceCall:
         self.runner = supervisor.serving()
         if timeout_s is None:
             timeout_s = default_timeout_s(supervisor.config)
-        async with cancel_on_disconnect(scope, receive):
+        async with CancelOnDisconnect(scope, receive):
             return await supervisor.infer(inputs, timeout_s, self._limits, self._track)
 
     def _track(self, runner: ModelRunner) -> None:

@@ -11,8 +11,8 @@ so it is the fallback, not the rule.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
+from types import TracebackType
 
 from starlette.types import Receive, Scope
 
@@ -49,39 +49,43 @@ def signal_of(scope: Scope | None) -> DisconnectSignal | None:
     return extensions.get(EXTENSION) if extensions else None
 
 
-@asynccontextmanager
-async def cancel_on_disconnect(scope: Scope | None, receive: Receive | None) -> AsyncIterator[None]:
-    """Run the block in the current task; if the client disconnects meanwhile, the task is
-    cancelled and the block ends with ClientClosed. Other cancellations pass through."""
-    task = asyncio.current_task()
-    signal = signal_of(scope)
-    if task is None or (signal is None and receive is None):
-        yield
-        return
-    watcher: asyncio.Future | None = None
-    if signal is not None:
-        if signal.fired:
-            raise ClientClosed(GONE)
-        signal.on_fire(task.cancel)
-    else:
-        assert receive is not None
-        watcher = asyncio.ensure_future(_watch(receive, task))
-    try:
-        yield
-    except asyncio.CancelledError:
+class CancelOnDisconnect:
+    """`async with CancelOnDisconnect(scope, receive):` runs the block in the current task; if the
+    client disconnects meanwhile, the task is cancelled and the block ends with ClientClosed.
+    Other cancellations pass through. (A class, not an @asynccontextmanager: that costs a
+    generator and its context manager on every request.)"""
+
+    __slots__ = ("_task", "_signal", "_watcher")
+
+    def __init__(self, scope: Scope | None, receive: Receive | None) -> None:
+        self._task = asyncio.current_task()
+        self._signal = signal_of(scope)
+        self._watcher: asyncio.Future | None = None
+        if self._task is not None and self._signal is None and receive is not None:
+            self._watcher = asyncio.ensure_future(_watch(receive, self._task))
+
+    async def __aenter__(self) -> None:
+        signal = self._signal
+        if signal is not None and self._task is not None:
+            if signal.fired:
+                raise ClientClosed(GONE)
+            signal.on_fire(self._task.cancel)
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        signal, watcher, task = self._signal, self._watcher, self._task
+        if task is None:
+            return
         if signal is not None:
+            signal.on_fire(None)
             gone = signal.fired
         else:
             gone = watcher is not None and watcher.done() and not watcher.cancelled()
-        if not gone:
-            raise  # cancelled for another reason (shutdown): let it through
-        task.uncancel()
-        raise ClientClosed(GONE) from None
-    finally:
-        if signal is not None:
-            signal.on_fire(None)
         if watcher is not None:
             watcher.cancel()
+        if gone and exc_type is not None and issubclass(exc_type, asyncio.CancelledError):
+            task.uncancel()
+            raise ClientClosed(GONE) from None
 
 
 async def _watch(receive: Receive, task: asyncio.Task) -> None:

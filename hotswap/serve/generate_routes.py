@@ -20,7 +20,7 @@ from fastapi.responses import StreamingResponse
 
 from hotswap.errors import HotswapError, InvalidInput
 from hotswap.generate.options import SamplingParams
-from hotswap.serve.disconnect import cancel_on_disconnect
+from hotswap.serve.disconnect import CancelOnDisconnect
 from hotswap.serve.generate_common import (
     SSE_HEADERS,
     SSE_MEDIA_TYPE,
@@ -92,7 +92,7 @@ async def generate(request: Request) -> Response:
     call, generation, request_id = await _start(request)
     pieces, finish = [], None
     try:
-        async with cancel_on_disconnect(request.scope, request.receive):
+        async with CancelOnDisconnect(request.scope, request.receive):
             async for chunk in generation.chunks():
                 pieces.append(chunk.text)
                 finish = chunk.finish

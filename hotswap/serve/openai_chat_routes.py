@@ -22,7 +22,7 @@ from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.responses import StreamingResponse
 
 from hotswap.errors import HotswapError
-from hotswap.serve.disconnect import cancel_on_disconnect
+from hotswap.serve.disconnect import CancelOnDisconnect
 from hotswap.serve.generate_common import SSE_HEADERS, SSE_MEDIA_TYPE, GenerationCall, prompt_ids, sampling_params, sse
 from hotswap.serve.generate_schemas import ChatCompletionRequest, Completion, CompletionRequest, answers, request_body
 from hotswap.serve.openai_routes import InvalidRequest, openai_error_body
@@ -177,7 +177,7 @@ async def _whole(request: Request, completion: _Completion) -> Response:
     pieces: list[str] = []
     last: Chunk | None = None
     try:
-        async with cancel_on_disconnect(request.scope, request.receive):
+        async with CancelOnDisconnect(request.scope, request.receive):
             async for chunk in completion.generation.chunks():
                 pieces.append(chunk.text)
                 last = chunk

@@ -26,7 +26,7 @@ from hotswap.config import parse_config
 from hotswap.errors import ClientClosed, ConfigError, InvalidInput, PayloadTooLarge
 from hotswap.models.signature import Tensors
 from hotswap.serve.app import create_app
-from hotswap.serve.disconnect import EXTENSION, GONE, DisconnectSignal, cancel_on_disconnect, signal_of
+from hotswap.serve.disconnect import EXTENSION, GONE, CancelOnDisconnect, DisconnectSignal, signal_of
 from hotswap.serve.guard import Guard, allowed_hosts, check_exposure, read_tokens
 from hotswap.serve.infer_endpoint import header_length, infer_target, read_body, request_timeout_s, send_answer
 from hotswap.serve.request_checks import check_limits, count_rows
@@ -487,7 +487,7 @@ def test_signal_of_reads_the_scope_extension():
 
 
 async def _guarded(scope: Scope | None, receive: Receive | None, work_s: float) -> str:
-    async with cancel_on_disconnect(scope, receive):
+    async with CancelOnDisconnect(scope, receive):
         await asyncio.sleep(work_s)
         return "done"
 
