@@ -22,7 +22,7 @@ from hotswap.serve.dataplane import DataPlane
 from hotswap.serve.generate_routes import install as install_generate
 from hotswap.serve.guard import Guard, check_exposure
 from hotswap.serve.infer_endpoint import InferEndpoint
-from hotswap.serve.memory import MemoryTrimmer
+from hotswap.serve.memory import MemoryTrimmer, settle_gc
 from hotswap.serve.metrics import Metrics
 from hotswap.serve.openai_chat_routes import install as install_openai_chat
 from hotswap.serve.openai_routes import install as install_openai
@@ -71,12 +71,14 @@ def create_app(config: HotswapConfig, registry: BackendRegistry | None = None,
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await plane.repository.load_all()
+        restore_gc = settle_gc(config.server.gc)
         trimmer = asyncio.create_task(MemoryTrimmer(config.server.memory_trim, on_trim=metrics.trimmed).run())
         try:
             yield
         finally:
             trimmer.cancel()
             await plane.close()
+            restore_gc()
 
     app = HotswapAPI(title="hotswap", version=__version__, lifespan=lifespan, redoc_url=None)
     app.openapi = lambda: v2_openapi(app)  # type: ignore[method-assign]

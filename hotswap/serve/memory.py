@@ -14,12 +14,13 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
+import gc
 import logging
 import os
 import time
 from collections.abc import Callable
 
-from hotswap.server_config import MemoryTrimConfig
+from hotswap.server_config import GcConfig, MemoryTrimConfig
 
 log = logging.getLogger("hotswap.memory")
 
@@ -95,3 +96,22 @@ class MemoryTrimmer:
                 # In a thread: the trim takes the arena locks, not the event loop.
                 await asyncio.to_thread(self.trim_now)
                 cpu = time.process_time()  # the trim's own CPU is not traffic
+
+
+def settle_gc(config: GcConfig) -> Callable[[], None]:
+    """Set the collector for serving (server.gc), once the models have loaded: a young-generation
+    threshold above what the requests in flight allocate, and the loaded objects frozen out of
+    the full collections. Returns what puts the collector back as it was (at shutdown: what was
+    frozen becomes collectable again, in a process that goes on, as a test's)."""
+    previous = gc.get_threshold()
+    gc.set_threshold(config.young_threshold, *previous[1:])
+    if config.freeze_after_load:
+        gc.collect()  # what start-up left as garbage is freed, not frozen
+        gc.freeze()
+
+    def restore() -> None:
+        gc.set_threshold(*previous)
+        if config.freeze_after_load:
+            gc.unfreeze()
+
+    return restore
