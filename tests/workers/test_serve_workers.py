@@ -178,12 +178,22 @@ def test_sigterm_drains_every_worker_and_exits_0(tiny, tmp_path):
     def traffic() -> None:
         while not stop.is_set():
             before = not signalled.is_set()
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
             try:
-                statuses.append(post_infer(port)[0])
-            except ConnectionError as exc:  # refused once every worker stopped listening: fine after SIGTERM
-                if before:
-                    errors.append(repr(exc))
-                return
+                try:
+                    conn.request("POST", "/v2/models/tiny/infer", BODY, {"Content-Type": "application/json"})
+                except ConnectionError:  # refused or reset while sending (a connection still in the kernel's
+                    return  # backlog when the listener closed): never received, so safe to retry elsewhere
+                try:
+                    response = conn.getresponse()
+                    response.read()
+                    statuses.append(response.status)
+                except ConnectionError as exc:  # sent, then no answer: lost, unless sent after SIGTERM
+                    if before:
+                        errors.append(repr(exc))
+                    return
+            finally:
+                conn.close()
 
     threads = [threading.Thread(target=traffic) for _ in range(4)]
     for thread in threads:
