@@ -93,6 +93,31 @@ def test_requests_on_a_kept_alive_connection_still_work(port):
             time.sleep(HEADER_TIMEOUT_S * 0.6)  # idle between requests, under keep_alive_s
 
 
+def test_the_second_request_on_a_connection_gets_a_header_deadline_of_its_own(port):
+    """After a quick first request and an idle spell, a second request whose headers drip is cut off
+    header_timeout_s after it began: not at the connection's first deadline, and not never."""
+    first = (b"POST /v2/models/tiny/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+             b"Content-Length: 82\r\n\r\n"
+             b'{"inputs":[{"name":"x","shape":[1,8],"datatype":"FP32","data":[1,2,3,4,5,6,7,8]}]}')
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(first)
+        assert sock.recv(4096).startswith(b"HTTP/1.1 200"), "the first request was answered"
+        time.sleep(HEADER_TIMEOUT_S * 0.6)  # idle past part of the connection's first deadline
+        began = time.monotonic()
+        for byte in b"POST /v2/models/tiny/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ":
+            try:
+                sock.sendall(bytes([byte]))
+            except OSError:
+                break
+            if time.monotonic() - began > HEADER_TIMEOUT_S + 4:
+                break
+            time.sleep(0.05)
+        waited = closed_after(sock, 3)
+        cut_after = time.monotonic() - began
+    assert waited is not None, "the second request's dripping headers were never cut off"
+    assert HEADER_TIMEOUT_S * 0.8 <= cut_after < HEADER_TIMEOUT_S + 4, cut_after
+
+
 def test_connections_over_max_concurrency_get_503(registry, tiny, tmp_path_factory):
     """limits.max_concurrency bounds open connections: one more is answered 503, not queued forever."""
     with hotswap_server(registry, tiny, tmp_path_factory, {"max_concurrency": 2}) as p:
