@@ -59,6 +59,20 @@ def closed_after(sock: socket.socket, limit_s: float) -> float | None:
     return time.monotonic() - started
 
 
+def drip_headers(sock: socket.socket, interval_s: float) -> None:
+    """Send request headers a byte every `interval_s`, never finishing them, until the server closes
+    the connection or well past the header deadline."""
+    started = time.monotonic()
+    for byte in b"POST /v2/models/tiny/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ":
+        try:
+            sock.sendall(bytes([byte]))
+        except OSError:
+            return
+        if time.monotonic() - started > HEADER_TIMEOUT_S + 4:
+            return
+        time.sleep(interval_s)
+
+
 def test_a_silent_connection_is_closed(port):
     """A client that connects and sends nothing holds no connection past header_timeout_s."""
     with socket.create_connection(("127.0.0.1", port)) as sock:
@@ -71,14 +85,7 @@ def test_dripping_headers_are_cut_off(port):
     """Headers sent a byte at a time, never finished: closed at the header deadline, not held open."""
     with socket.create_connection(("127.0.0.1", port)) as sock:
         started = time.monotonic()
-        for byte in b"POST /v2/models/tiny/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ":
-            try:
-                sock.sendall(bytes([byte]))
-            except OSError:
-                break
-            if time.monotonic() - started > HEADER_TIMEOUT_S + 4:
-                break
-            time.sleep(0.1)
+        drip_headers(sock, 0.1)
         waited = closed_after(sock, 3)
     assert waited is not None, "the dripping connection was still open"
     assert time.monotonic() - started < HEADER_TIMEOUT_S + 5
@@ -104,14 +111,7 @@ def test_the_second_request_on_a_connection_gets_a_header_deadline_of_its_own(po
         assert sock.recv(4096).startswith(b"HTTP/1.1 200"), "the first request was answered"
         time.sleep(HEADER_TIMEOUT_S * 0.6)  # idle past part of the connection's first deadline
         began = time.monotonic()
-        for byte in b"POST /v2/models/tiny/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ":
-            try:
-                sock.sendall(bytes([byte]))
-            except OSError:
-                break
-            if time.monotonic() - began > HEADER_TIMEOUT_S + 4:
-                break
-            time.sleep(0.05)
+        drip_headers(sock, 0.05)
         waited = closed_after(sock, 3)
         cut_after = time.monotonic() - began
     assert waited is not None, "the second request's dripping headers were never cut off"
