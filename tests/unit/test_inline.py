@@ -137,3 +137,27 @@ def test_the_pipeline_reports_its_thread_s_cpu_time_apart_from_its_waits(tiny):
     _, times = pipeline.run({"x": np.ones((2, 8), np.float32)})
     assert times.infer_s >= 0.05
     assert times.cpu_s is not None and 0 < times.cpu_s < 0.02, times
+
+
+def test_the_cpu_time_that_gates_a_probe_is_a_running_average():
+    policy = InlinePolicy(200, 1, allowed=True)
+    policy.observe(0, on_thread(1500, 50), False)
+    policy.observe(0, on_thread(1500, 1000), False)  # 50 + 0.2 x 950 = 240 µs of CPU: under 4 x 200, probed
+    assert [policy.decide(0) for _ in range(PROBE_EVERY)][-1], "the average, not the latest call, gates a probe"
+    busy = InlinePolicy(200, 1, allowed=True)
+    busy.observe(0, on_thread(1500, 1000), False)
+    for _ in range(3):
+        busy.observe(0, on_thread(1500, 700), False)  # 1000 -> 940 -> 892 -> 854 µs: still over 800
+    assert not any(busy.decide(0) for _ in range(4 * PROBE_EVERY))
+    for _ in range(2):
+        busy.observe(0, on_thread(1500, 100), False)  # cheaper calls: 854 -> 703 -> 582 µs, under 800
+    assert [busy.decide(0) for _ in range(PROBE_EVERY)][-1], "calls that got cheaper are probed again"
+
+
+def test_a_probe_exactly_at_the_bound_counts_as_slow():
+    policy = InlinePolicy(200, 1, allowed=True)
+    policy.observe(0, on_thread(1500, 50), False)
+    assert [policy.decide(0) for _ in range(PROBE_EVERY)][-1]
+    policy.observe(0, on_thread(200, 200), True)  # the bound itself: not inline, and the next probe waits longer
+    assert not policy.inline(0)
+    assert [policy.decide(0) for _ in range(2 * PROBE_EVERY)].index(True) == 2 * PROBE_EVERY - 1
