@@ -523,6 +523,34 @@ def test_a_signal_fired_before_or_during_the_request_ends_it():
     assert _outcome({"extensions": {EXTENSION: DisconnectSignal()}}, None, 0.01) == "done"
 
 
+def test_a_cancellation_for_another_reason_passes_through_as_itself():
+    async def go() -> str:
+        task = asyncio.create_task(_guarded({"extensions": {EXTENSION: DisconnectSignal()}}, None, 30))
+        await asyncio.sleep(0.01)
+        task.cancel()  # shutdown, say: the client is still there
+        try:
+            await task
+        except asyncio.CancelledError:
+            return "cancelled"
+        except ClientClosed:
+            return "ClientClosed"
+        return "done"
+
+    assert asyncio.run(go()) == "cancelled"
+
+
+def test_with_a_signal_nobody_waits_on_receive():
+    calls: list[int] = []
+
+    async def receive() -> Message:
+        calls.append(1)
+        await asyncio.sleep(30)
+        return {"type": "http.disconnect"}
+
+    assert _outcome({"extensions": {EXTENSION: DisconnectSignal()}}, receive, 0.01) == "done"
+    assert calls == [], "a task waited on receive() although the protocol's signal was there"
+
+
 # --- request checks ------------------------------------------------------------------------------------------------
 
 
