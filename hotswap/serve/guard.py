@@ -186,9 +186,10 @@ class Guard:
             try:
                 message = await receive()
             except BaseException as exc:
-                # Only our own cancellation becomes a 408; one also asked for by someone else goes on.
-                if (deadlines.end(task) and isinstance(exc, asyncio.CancelledError)
-                        and task.uncancel() <= cancelling):
+                # Cancelled at its deadline: that cancellation is taken back and becomes a 408, unless
+                # someone else (shutdown) asked for one too, which goes on.
+                if (deadlines.end(task) and task.uncancel() <= cancelling
+                        and isinstance(exc, asyncio.CancelledError)):
                     raise BodyTimeout(f"request body not received within server.limits.body_timeout_s="
                                       f"{timeout:g}") from None
                 raise

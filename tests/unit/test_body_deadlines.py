@@ -118,3 +118,23 @@ def test_a_plain_cancellation_is_not_a_timeout(body_timeout_s):
 
     assert isinstance(_guarded_read(ServerConfig(limits={"body_timeout_s": body_timeout_s}), cancel),
                       asyncio.CancelledError)
+
+
+def test_a_receive_that_turns_the_cancellation_into_its_own_error_leaves_the_task_not_cancelling():
+    guard = Guard(lambda scope, receive, send: None, ServerConfig(limits={"body_timeout_s": 0.05}))  # type: ignore[arg-type, return-value]
+
+    async def odd() -> dict:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            raise OSError("connection gone") from None
+        return {}
+
+    async def go() -> tuple[str, int]:
+        try:
+            await guard._bounded({"type": "http"}, odd)()
+        except OSError as exc:
+            return str(exc), asyncio.current_task().cancelling()  # type: ignore[union-attr]
+        return "read", 0
+
+    assert asyncio.run(go()) == ("connection gone", 0)
