@@ -27,6 +27,10 @@ class StageTimes:
     cpu_s: float | None = None
 
 
+PipelineResult = tuple[Tensors, StageTimes]
+"""One call's outputs and the time each stage took."""
+
+
 class Pipeline:
     """A loaded backend and the processor bound to its signature."""
 
@@ -51,7 +55,7 @@ class Pipeline:
         self.signature.check_inputs(inputs)
         return self.processor.check(inputs)
 
-    def run(self, inputs: Tensors) -> tuple[Tensors, StageTimes]:
+    def run(self, inputs: Tensors) -> PipelineResult:
         """Pre-process, infer and post-process one batch of already-checked inputs."""
         c0, t0 = time.thread_time(), time.perf_counter()
         prepared = self.processor.preprocess(inputs)

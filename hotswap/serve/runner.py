@@ -18,7 +18,7 @@ from hotswap.backends.registry import BackendRegistry
 from hotswap.backends.selection import Selection, load_instance, select_backend
 from hotswap.config import ModelConfig
 from hotswap.errors import ModelNotReady
-from hotswap.models.pipeline import Pipeline, StageTimes
+from hotswap.models.pipeline import Pipeline, PipelineResult
 from hotswap.models.signature import Signature, Tensors
 from hotswap.models.sources import ModelSource, resolve_source
 from hotswap.serve.batch import Batch, BatchHung, BatchOutcome, check_rows
@@ -203,7 +203,7 @@ class ModelRunner:
             if not request.future.done():
                 request.future.set_exception(error)
 
-    async def _compute(self, index: int, inputs: Tensors) -> tuple[Tensors, StageTimes]:
+    async def _compute(self, index: int, inputs: Tensors) -> PipelineResult:
         """Run one batch on instance `index`'s thread (inline if that is cheaper: serve/inline.py),
         within the batch timeout if there is one."""
         if index in self._stuck:
@@ -218,7 +218,7 @@ class ModelRunner:
         self._inline.observe(index, done[1], inline)
         return done
 
-    async def _within_batch_timeout(self, index: int, future: asyncio.Future) -> tuple[Tensors, StageTimes]:
+    async def _within_batch_timeout(self, index: int, future: asyncio.Future) -> PipelineResult:
         assert self._batch_timeout_s is not None
         try:
             return await asyncio.wait_for(future, self._batch_timeout_s)
@@ -226,10 +226,6 @@ class ModelRunner:
             self._stuck.add(index)
             raise BatchHung(f"backend '{self.selected.label}' did not finish a batch within "
                             f"failover.batch_timeout_ms={self._batch_timeout_s * 1000:.0f}") from None
-
-    def _report(self, outcome: BatchOutcome) -> None:
-        if self.on_batch is not None:
-            self.on_batch(self, outcome)
 
     async def _run_batch(self, index: int, batch: Batch) -> None:
         t0 = time.perf_counter()
@@ -246,36 +242,38 @@ class ModelRunner:
         """A batch of one chosen by `DynamicBatcher.lone_slot`, run inline now: its outputs are its own."""
         t0 = time.perf_counter()
         try:
-            results, times = self._pipelines[index].run(inputs)
-            self._inline.observe(index, times, True)
+            done = self._pipelines[index].run(inputs)
+            self._inline.observe(index, done[1], True)
             t1 = time.perf_counter()
-            check_rows(results, rows)
+            check_rows(done[0], rows)
         except Exception as exc:
-            self._report(BatchOutcome(inputs, None, exc, time.perf_counter() - t0))
+            self._fail(None, inputs, exc, t0)
             raise
-        self._record(inputs, rows, results, times, t0, t1, 0.0)
-        return results
+        self._record(inputs, rows, done, t0, t1, 0.0)
+        return done[0]
 
-    def _fail(self, batch: Batch, inputs: Tensors, exc: Exception, t0: float) -> None:
-        batch.fail(exc)
-        self._report(BatchOutcome(inputs, None, exc, time.perf_counter() - t0))
+    def _fail(self, batch: Batch | None, inputs: Tensors, exc: Exception, t0: float) -> None:
+        """Answer the batch's requests (none for a lone request, which raises) with `exc`, and report it."""
+        if batch is not None:
+            batch.fail(exc)
+        if self.on_batch is not None:
+            self.on_batch(self, BatchOutcome(inputs, None, exc, time.perf_counter() - t0))
 
-    def _answer(self, batch: Batch, inputs: Tensors, done: tuple[Tensors, StageTimes], t0: float,
-                concat_s: float) -> None:
+    def _answer(self, batch: Batch, inputs: Tensors, done: PipelineResult, t0: float, concat_s: float) -> None:
         """Hand each request its rows, report the batch, record its metrics."""
-        results, times = done
         t1 = time.perf_counter()
         try:
-            batch.scatter(results)
+            batch.scatter(done[0])
         except Exception as exc:
             self._fail(batch, inputs, exc, t0)
             return
-        self._record(inputs, batch.rows, results, times, t0, t1, concat_s)
+        self._record(inputs, batch.rows, done, t0, t1, concat_s)
 
-    def _record(self, inputs: Tensors, rows: int, results: Tensors, times: StageTimes, t0: float, t1: float,
-                concat_s: float) -> None:
+    def _record(self, inputs: Tensors, rows: int, done: PipelineResult, t0: float, t1: float, concat_s: float) -> None:
         """Report an answered batch (computed from `t0` to `t1`) and record its execution metrics."""
-        self._report(BatchOutcome(inputs, results, None, t1 - t0))
+        times = done[1]
+        if self.on_batch is not None:
+            self.on_batch(self, BatchOutcome(inputs, done[0], None, t1 - t0))
         self.series.executed(rows, concat_s + times.preprocess_s, times.infer_s,
                              times.postprocess_s + time.perf_counter() - t1)
 
