@@ -1,25 +1,35 @@
 #!/usr/bin/env bash
-# Runs on a machine with an NVIDIA GPU: the CUDA-marked tests and a short CUDA benchmark of
-# the default model. Uses the machine's own CUDA build of torch (never the CPU pin), so run
-# it with the python that has it:  PYTHON=python3 scripts/device-check.sh [OUT_DIR]
-# Needs hotswap's pure-Python dependencies; with no registry there, install them from a
-# wheelhouse made here first (scripts/device-wheelhouse.sh) and carried along.
+# Runs on a machine with an NVIDIA GPU, with that machine's own python3 and CUDA build of torch
+# (never the CPU pin): the CUDA-marked tests, the backends' CUDA benchmark, MiniLM served on the
+# GPU ÷ the same backend in-process (bench/gpu_serving.py), then the test suite with the GPU
+# visible. Every output goes to OUT_DIR.
+#   PYTHON=python3 scripts/device-check.sh [OUT_DIR]
+# With no registry there, what the image lacks comes from .wheelhouse/ (scripts/device-wheelhouse.sh,
+# made here and carried along with hotswap.egg-info, which names the built-in backends' entry points).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 OUT=${1:-${OUT:-/tmp/hotswap-device}}
 mkdir -p "$OUT"
-if [ -d .wheelhouse ]; then
-  $PY -m pip install -q --no-index --find-links .wheelhouse -r scripts/device-requirements.txt || exit 1
-fi
-export PYTHONPATH="$PWD:$PWD/plugins/hotswap-openvino/src${PYTHONPATH:+:$PYTHONPATH}"
-export HOTSWAP_HOME="$OUT/home" HF_HUB_OFFLINE=1
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
-$PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.is_available())" \
-  | tee -a "$OUT/gpu.txt"
-$PY -m pytest -q -ra -m cuda -p no:cacheprovider tests/unit/test_conformance_builtin.py 2>&1 | tee "$OUT/cuda-tests.txt"
-tests=${PIPESTATUS[0]}
-timeout 300 $PY bench/device_bench.py --device cuda:0 --out "$OUT/cuda-bench.json" 2>&1 | tee "$OUT/cuda-bench.txt"
-bench=${PIPESTATUS[0]}
-echo "tests exit $tests, bench exit $bench"
-exit $(( tests || bench ))
+. scripts/device-setup.sh || exit 1
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; nproc
+  $PY -c "import torch, onnxruntime as o; print('torch', torch.__version__, 'cuda', torch.version.cuda,
+torch.cuda.is_available(), 'onnxruntime', o.__version__, o.get_available_providers())"; } 2>&1 | tee "$OUT/gpu.txt"
+$PY -m pytest -q -ra -m cuda -p no:cacheprovider tests/unit/test_conformance_builtin.py \
+  tests/unit/test_minilm_backends.py 2>&1 | tee "$OUT/cuda-tests.txt"
+status=${PIPESTATUS[0]}
+timeout 150 $PY bench/device_bench.py --device cuda:0 --seconds 2 --out "$OUT/cuda-bench.json" 2>&1 \
+  | tee "$OUT/cuda-bench.txt"
+status=$(( status || PIPESTATUS[0] ))
+(cd bench && timeout 240 $PY gpu_serving.py --device cuda:0 --seconds 3 --warmup 1 --out "$OUT/gpu-serving.json" \
+  --logs /tmp/hotswap-logs) 2>&1 | tee "$OUT/gpu-serving.txt"
+status=$(( status || PIPESTATUS[0] ))
+tail -n 15 /tmp/hotswap-logs/*.log >> "$OUT/gpu-serving.txt" 2>&1
+# The whole suite with the GPU visible, but for what needs a package the image lacks (schemathesis, ray,
+# the OpenVINO plugin) or a container engine.
+[ "${SKIP_SUITE:-0}" = 1 ] || timeout "${SUITE_TIMEOUT:-200}" $PY -m pytest -q -ra -p no:cacheprovider -n "${SUITE_WORKERS:-12}" --timeout 150 \
+  tests --ignore tests/api/test_fuzz.py --ignore tests/deploy/test_ray_serve.py --ignore tests/container \
+  2>&1 | tee "$OUT/suite.txt"
+status=$(( status || PIPESTATUS[0] ))
+echo "device-check exit $status"
+exit $status
