@@ -138,7 +138,7 @@ class TorchBackend(Backend[TorchOptions]):
         if artifact.suffix == ".pt2":
             program = torch.export.load(str(artifact))
             signature = declared or _export_signature(program)
-            module = _program_on(program, device).module()
+            module = _module_on(program, device)
         else:
             if declared is None:
                 raise BackendUnavailable(f"{artifact.name} is TorchScript, which carries no tensor names: "
@@ -234,28 +234,18 @@ class TorchBackend(Backend[TorchOptions]):
         self._module = None
 
 
-def _program_on(program: Any, device: Any) -> Any:
-    """The exported program with its weights and the devices its graph names moved to `device`.
+def _module_on(program: Any, device: Any) -> Any:
+    """The exported program as a module on `device`, with the devices its graph names moved too.
 
     `module().to(device)` moves weights only: a graph exported on CPU keeps `device=cpu` in the
     tensors it creates (MiniLM's position ids, its attention mask), and fails on a GPU with a
-    device mismatch. torch's pass rewrites those too (torch >= 2.7; older ones move weights only).
+    device mismatch. torch.export.passes rewrites those too; a torch without it moves weights only.
     """
     try:
         from torch.export.passes import move_to_device_pass
-    except ImportError:  # pragma: no cover - torch 2.6
-        return _WeightsOnly(program, device)
-    return move_to_device_pass(program, device)
-
-
-class _WeightsOnly:
-    """torch 2.6's fallback for _program_on: the module with its weights on the device."""
-
-    def __init__(self, program: Any, device: Any) -> None:
-        self._program, self._device = program, device
-
-    def module(self) -> Any:
-        return self._program.module().to(self._device)
+    except ImportError:  # pragma: no cover - an older torch
+        return program.module().to(device)
+    return move_to_device_pass(program, device).module()
 
 
 def _export_signature(program) -> Signature:
