@@ -7,11 +7,7 @@
 # With no registry there, what the image lacks comes from .wheelhouse/ (scripts/device-wheelhouse.sh,
 # made here and carried along with hotswap.egg-info, which names the built-in backends' entry points).
 set -uo pipefail
-cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
-OUT=${1:-${OUT:-/tmp/hotswap-device}}
-mkdir -p "$OUT"
-. scripts/device-setup.sh || exit 1
+. "$(dirname "$0")/device-setup.sh" || exit 1
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; nproc
   $PY -c "import torch, onnxruntime as o; print('torch', torch.__version__, 'cuda', torch.version.cuda,
 torch.cuda.is_available(), 'onnxruntime', o.__version__, o.get_available_providers())"; } 2>&1 | tee "$OUT/gpu.txt"

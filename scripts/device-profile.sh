@@ -4,11 +4,7 @@
 # serving path's time goes when the accelerator is not the limit (bench/gpu_serving.py).
 #   PYTHON=python3 scripts/device-profile.sh [OUT_DIR]   (py-spy comes from .wheelhouse)
 set -uo pipefail
-cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
-OUT=${1:-${OUT:-/tmp/hotswap-device}}
-mkdir -p "$OUT"
-. scripts/device-setup.sh || exit 1
+. "$(dirname "$0")/device-setup.sh" || exit 1
 PORT=18123 URL=http://127.0.0.1:18123
 cat > /tmp/gpu-profile.yaml <<YAML
 server: {host: 127.0.0.1, port: $PORT, log_level: warning}

