@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import typer
 from pydantic import ValidationError
@@ -31,6 +32,14 @@ def _setup_logging(level: str) -> None:
                         handlers=[RichHandler(console=console, show_path=False)])
 
 
+def _config_error(text: str) -> NoReturn:
+    """Exit 2 with `text` as written: no rich markup read into its brackets, and no line breaks put
+    into it (a path or key broken over two lines cannot be copied or searched for)."""
+    console.print("[red]config error[/red]")
+    console.print(text, markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
 def _load(config: Path | None):
     """The discovered backends and the validated config (from HOTSWAP_* env alone when `config` is
     None); a config error exits with status 2."""
@@ -42,8 +51,7 @@ def _load(config: Path | None):
         validate_processor_options(cfg, str(config or ENV_ONLY))
         return registry, cfg
     except HotswapError as exc:
-        console.print(f"[red]config error[/red]\n{exc}")
-        raise typer.Exit(2) from None
+        _config_error(str(exc))
 
 
 def _override_server(server: ServerConfig, host: str | None, port: int | None,
@@ -55,8 +63,7 @@ def _override_server(server: ServerConfig, host: str | None, port: int | None,
     try:
         return ServerConfig.model_validate(server.model_dump() | overrides)
     except ValidationError as exc:
-        console.print(f"[red]config error[/red]\n{format_validation_error(exc, 'command line', ('server',))}")
-        raise typer.Exit(2) from None
+        _config_error(format_validation_error(exc, "command line", ("server",)))
 
 
 def _serve_workers(cfg, config: Path | None, metrics_dir: str | None) -> None:
@@ -67,8 +74,7 @@ def _serve_workers(cfg, config: Path | None, metrics_dir: str | None) -> None:
     try:
         check_exposure(cfg.server)  # each worker checks again; failing here spares N start-ups
     except HotswapError as exc:
-        console.print(f"[red]config error[/red]\n{config or ENV_ONLY}: {exc}")
-        raise typer.Exit(2) from None
+        _config_error(f"{config or ENV_ONLY}: {exc}")
     config_dir = config.resolve().parent if config else None
     raise typer.Exit(WorkerSupervisor(cfg, config_dir, metrics_dir).run())
 
@@ -98,8 +104,7 @@ def serve(
         application = create_app(cfg, registry, config_dir=config.resolve().parent if config else None,
                                  progress=sys.stderr.isatty())
     except HotswapError as exc:
-        console.print(f"[red]config error[/red]\n{config}: {exc}")
-        raise typer.Exit(2) from None
+        _config_error(f"{config}: {exc}")
     server = HotswapServer(uvicorn_config(application, cfg.server), application.state.dataplane)
     server.run()
     if not server.started:  # lifespan failed: a model could not load
