@@ -197,6 +197,32 @@ def run_hey(url: str, body_file: Path, concurrency: int, seconds: float, cpus: s
     return res
 
 
+_WRK_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def run_wrk(url: str, body_file: Path, concurrency: int, seconds: float, cpus: str | None,
+            content_type: str = "application/json", headers: dict[str, str] | None = None) -> dict:
+    """One wrk run (POSTing body_file): its latency percentiles to the microsecond, where hey's
+    summary rounds to 0.1 ms (too coarse for the c=1 target). Latencies in ms."""
+    script = body_file.with_suffix(".lua")
+    lines = [f'local f = io.open([==[{body_file}]==], "rb")', "wrk.body = f:read('*a')", "f:close()",
+             'wrk.method = "POST"', f'wrk.headers["Content-Type"] = [==[{content_type}]==]']
+    lines += [f"wrk.headers[ [==[{k}]==] ] = [==[{v}]==]" for k, v in (headers or {}).items()]
+    script.write_text("\n".join(lines) + "\n")
+    cmd = ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds:g}s", "--latency", "-s", str(script), url]
+    if cpus:
+        cmd = ["taskset", "-c", cpus, *cmd]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
+    if out.returncode != 0:
+        raise RuntimeError(f"wrk failed ({out.returncode}): {out.stderr[-2000:]}")
+    pct = {int(p): float(v) * _WRK_UNITS[u]
+           for p, v, u in re.findall(r"^\s+(\d+)%\s+([0-9.]+)(us|ms|s)\s*$", out.stdout, re.M)}
+    non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out.stdout)
+    rps = re.search(r"Requests/sec:\s+([0-9.]+)", out.stdout)
+    return {"p50_ms": pct.get(50), "p90_ms": pct.get(90), "p99_ms": pct.get(99),
+            "rps": float(rps.group(1)) if rps else None, "non_2xx": int(non_2xx.group(1)) if non_2xx else 0}
+
+
 # -- venvs ----------------------------------------------------------------------------
 def ensure_venv(name: str, packages: list[str], pins: Path | None) -> Path:
     """bench/.venvs/<name> with `packages`; the resolved set is frozen into `pins` the first

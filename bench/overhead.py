@@ -14,8 +14,10 @@ In one run, load from one `hey` (pinned with taskset to --hey-cpus; servers not 
         on batches of 32 copies of the same text.
 Each round starts every server once, in a rotated order, so drift on a noisy machine hits all
 alike; medians over rounds are reported. Per point: requests/s, p50/p99, non-200 responses and
-the server process tree's CPU per request. Writes bench/results/overhead-<date>.json (or --out)
-and prints the markdown tables for docs/BENCHMARKS.md.
+the server process tree's CPU per request. Each c=1 point is measured again with `wrk` where it
+is installed (apt package), whose latencies are to the microsecond where hey's summary rounds to
+0.1 ms and adds its own client time: the c=1 target is read from wrk's p50s. Writes
+bench/results/overhead-<date>.json (or --out) and prints the markdown tables for docs/BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -34,7 +36,17 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import overhead_setup as setup  # noqa: E402
 import raw as rawbench  # noqa: E402
-from harness import BENCH, REPO, ensure_venv, log, machine_info, run_hey, venv_versions, wait_quiet  # noqa: E402
+from harness import (  # noqa: E402
+    BENCH,
+    REPO,
+    ensure_venv,
+    log,
+    machine_info,
+    run_hey,
+    run_wrk,
+    venv_versions,
+    wait_quiet,
+)
 from throughput import PEER_PACKAGES  # noqa: E402
 
 
@@ -50,6 +62,7 @@ def parse_args() -> argparse.Namespace:
                    help="before each point, wait until other processes use fewer cores than this")
     p.add_argument("--max-wait", type=float, default=120, help="at most this many seconds (0: do not wait)")
     p.add_argument("--out", type=Path, help="results file (default bench/results/overhead-<date>.json)")
+    p.add_argument("--no-wrk", action="store_true", help="c=1 latency from hey alone (hey rounds to 0.1 ms)")
     return p.parse_args()
 
 
@@ -65,6 +78,10 @@ def measure(url: str, ep: setup.Endpoint, c: int, args: argparse.Namespace, pid:
         log(f"{ep.name} c={c}: no 200 answer in {res['total_s']} s; measuring the point again")
         res = run_hey(url, body_file, c, args.seconds, server_pid=pid, **hey)
     res["cpu_us"] = res["server_cpu"] * res["wall_s"] / res["ok"] * 1e6 if res["ok"] else None
+    if c == 1 and not args.no_wrk and shutil.which("wrk"):  # the same point again, timed to the µs
+        wrk = run_wrk(url, body_file, c, args.seconds, args.hey_cpus or None, ep.content_type, ep.headers)
+        res.update(wrk_p50_ms=wrk["p50_ms"], wrk_p99_ms=wrk["p99_ms"], wrk_rps=wrk["rps"])
+        res["non_200"] += wrk["non_2xx"]
     return res
 
 
@@ -116,10 +133,11 @@ def summarise(conts: list[setup.Contender], samples: dict) -> list[dict]:
         for ep in cont.endpoints:
             for c in ep.levels:
                 runs = samples[(ep.name, c)]
-                med = {k: _median(runs, k) for k in ("throughput", "p50_ms", "p99_ms", "cpu_us")}
+                med = {k: _median(runs, k) for k in ("throughput", "p50_ms", "p99_ms", "cpu_us", "wrk_p50_ms")}
                 rows.append({"name": ep.name, "server": cont.name, "workload": ep.workload, "body": ep.body_kind,
                              "batching": ep.batching, "concurrency": c, "rps": med["throughput"],
                              "p50_ms": med["p50_ms"], "p99_ms": med["p99_ms"], "cpu_us_per_req": med["cpu_us"],
+                             "wrk_p50_ms": med["wrk_p50_ms"],
                              "non_200": sum(r["non_200"] for r in runs),
                              "background_cpu": max((r.get("background_cpu") or 0.0) for r in runs),
                              "per_round_rps": [round(r["throughput"], 1) for r in runs]})
@@ -131,22 +149,25 @@ def targets(stat: dict) -> list[dict]:
     def get(name: str, c: int, key: str = "rps") -> float | None:
         return stat.get((name, c), {}).get(key)
 
+    def p50(name: str) -> float | None:  # c=1: wrk's, to the µs, where it ran
+        return get(name, 1, "wrk_p50_ms") if get(bare, 1, "wrk_p50_ms") is not None else get(name, 1, "p50_ms")
+
     def ratio(a: float | None, b: float | None) -> float | None:
         return a / b if a is not None and b else None
 
     out = []
+    hs, bare = "hotswap JSON batched", "bare Starlette"
 
     def add(name: str, value: float | None, op: str, goal: float | None) -> None:
         met = None if value is None or goal is None else (value >= goal if op == ">=" else value <= goal)
         out.append({"name": name, "value": value, "op": op, "goal": goal, "met": met})
 
-    hs, bare = "hotswap JSON batched", "bare Starlette"
     add("tiny c=64 JSON: hotswap ÷ bare Starlette, req/s", ratio(get(hs, 64), get(bare, 64)), ">=", 0.6)
     add("tiny c=64 JSON: hotswap ÷ MLServer, req/s", ratio(get(hs, 64), get("MLServer", 64)), ">=", 6.0)
     add("tiny c=64 JSON: hotswap ÷ LitServe, req/s", ratio(get(hs, 64), get("LitServe", 64)), ">=", None)
     for name in (hs, "hotswap JSON unbatched", "hotswap binary batched"):
-        p50, base = get(name, 1, "p50_ms"), get(bare, 1, "p50_ms")
-        add(f"tiny c=1: {name} p50 − bare p50, ms", None if p50 is None or base is None else p50 - base,
+        p50_ms, base = p50(name), p50(bare)
+        add(f"tiny c=1: {name} p50 − bare p50, ms", None if p50_ms is None or base is None else p50_ms - base,
             "<=", 0.15 if name == hs else None)
     for n in setup.TEXTS:
         add(f"MiniLM {n} tokens c=32: served ÷ raw (batch 32), texts/s",
@@ -156,7 +177,7 @@ def targets(stat: dict) -> list[dict]:
 
 def per_round(tgts: list[dict], samples: dict, rounds: int) -> None:
     for k in range(rounds):
-        stat = {key: {"rps": r["throughput"], "p50_ms": r["p50_ms"]}
+        stat = {key: {"rps": r["throughput"], "p50_ms": r["p50_ms"], "wrk_p50_ms": r.get("wrk_p50_ms")}
                 for key, runs in samples.items() for r in runs if r["round"] == k}
         values = {t["name"]: t["value"] for t in targets(stat)}
         for t in tgts:
@@ -170,12 +191,13 @@ def _fmt(x: float | None, digits: int = 2) -> str:
 def print_tables(rows: list[dict], tgts: list[dict], args: argparse.Namespace) -> None:
     print(f"\n{args.rounds} round(s) of {args.seconds:g} s points, medians; hey pinned to CPU "
           f"{args.hey_cpus or '(none)'}, servers not pinned; raw rows: texts/s and latency per batch of 32.\n")
-    print("| workload | server | body | batching | c | req/s | p50 ms | p99 ms | non-200 | server CPU µs/req |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| workload | server | body | batching | c | req/s | p50 ms | p99 ms | wrk p50 ms | non-200 "
+          "| server CPU µs/req |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['workload']} | {r['name']} | {r['body']} | {r['batching']} | {r['concurrency']} | "
-              f"{_fmt(r['rps'], 0)} | {_fmt(r['p50_ms'])} | {_fmt(r['p99_ms'])} | {r['non_200']} | "
-              f"{_fmt(r['cpu_us_per_req'], 0)} |")
+              f"{_fmt(r['rps'], 0)} | {_fmt(r['p50_ms'])} | {_fmt(r['p99_ms'])} | {_fmt(r.get('wrk_p50_ms'), 3)} | "
+              f"{r['non_200']} | {_fmt(r['cpu_us_per_req'], 0)} |")
     print("\n| ratio | value | target | met | per round |")
     print("|---|---|---|---|---|")
     for t in tgts:
