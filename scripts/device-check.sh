@@ -23,8 +23,8 @@ status=$(( status || PIPESTATUS[0] ))
 tail -n 15 /tmp/hotswap-logs/*.log >> "$OUT/gpu-serving.txt" 2>&1
 # The whole suite with the GPU visible, but for what needs a package the image lacks (schemathesis, ray,
 # the OpenVINO plugin) or a container engine.
-[ "${SKIP_SUITE:-0}" = 1 ] || timeout "${SUITE_TIMEOUT:-200}" $PY -m pytest -q -ra -p no:cacheprovider -n "${SUITE_WORKERS:-12}" --timeout 150 \
-  tests --ignore tests/api/test_fuzz.py --ignore tests/deploy/test_ray_serve.py --ignore tests/container \
+[ "${SKIP_SUITE:-0}" = 1 ] || timeout "${SUITE_TIMEOUT:-200}" $PY -m pytest -q -ra -p no:cacheprovider \
+  -n "${SUITE_WORKERS:-12}" --timeout 150 tests --ignore tests/api/test_fuzz.py --ignore tests/deploy/test_ray_serve.py --ignore tests/container \
   2>&1 | tee "$OUT/suite.txt"
 status=$(( status || PIPESTATUS[0] ))
 echo "device-check exit $status"
