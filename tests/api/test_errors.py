@@ -214,7 +214,8 @@ def test_wrong_method(server, serving):
 # -- 503 while not ready ----------------------------------------------------------------
 
 def test_not_ready_after_unload_then_reload(server, client, serving):
-    assert post(server, "/v2/repository/models/tiny/unload").status_code == 200
+    unloaded = post(server, "/v2/repository/models/tiny/unload")
+    assert (unloaded.status_code, unloaded.json()) == (200, {})
     try:
         assert_error(post(server, INFER, json=_json_body()), 503, "model 'tiny' is not ready", "unloaded")
         assert_error(httpx.get(f"{server.url}/v2/models/tiny", timeout=10), 503, "not ready")
@@ -266,6 +267,21 @@ def test_load_malformed_bodies(server, serving):
     assert_error(post(server, "/v2/repository/models/tiny/load", json=body), 400,
                  "parameters.config: expected a JSON object string")
     body = {"parameters": {"config": json.dumps({"instances": 0})}}
-    assert_error(post(server, "/v2/repository/models/tiny/load", json=body), 400,
-                 "load request", "parameters.config.instances")
+    message = assert_error(post(server, "/v2/repository/models/tiny/load", json=body), 400,
+                           "load request", "parameters.config.instances")
+    assert not message.startswith("failed to load"), message  # a bad request, not a failed load
+    serving()
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    (b"[1]", "load request body: expected a JSON object, got list"),
+    (b'{"parameters": [1]}', "parameters: expected a JSON object, got list"),
+    (b'{"parameters": {"config": 5}}', "parameters.config: expected a JSON object with model config fields, got int"),
+    (b'{"parameters": {"config": "[1]"}}',
+     "parameters.config: expected a JSON object with model config fields, got list"),
+])
+def test_load_body_of_the_wrong_json_type_names_the_field(server, serving, body, message):
+    response = post(server, "/v2/repository/models/tiny/load", content=body,
+                    headers={"content-type": "application/json"})
+    assert assert_error(response, 400) == message
     serving()

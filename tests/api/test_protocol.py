@@ -40,12 +40,15 @@ def test_model_metadata(client, model, backend, platform):
     assert client.get_model_metadata(model, model_version="1") == meta
 
 
-def test_model_ready(client):
+def test_model_ready(client, server):
     for model in ("tiny", "tiny_torch", "strings", "flaky"):
         assert client.is_model_ready(model)
         assert client.is_model_ready(model, model_version="1")
     assert not client.is_model_ready("tiny", model_version="9")
     assert not client.is_model_ready("no_such_model")
+    for path in ("/v2/models/tiny/ready", "/v2/models/tiny/versions/1/ready"):
+        response = httpx.get(f"{server.url}{path}", timeout=10)
+        assert (response.status_code, response.json()) == (200, {"name": "tiny", "ready": True})
 
 
 @pytest.mark.parametrize("model", ["tiny", "tiny_torch"])
