@@ -108,3 +108,19 @@ def test_refusals_name_the_field_and_are_counted_per_model_and_status(live):
         return after.get(key, 0.0) - before.get(key, 0.0)
 
     assert (delta("emb", "400"), delta("tiny", "400"), delta("emb", "200")) == (1.0, 1.0, 1.0)
+
+
+def test_an_unloaded_model_is_503_with_retry_after_in_openais_shape(live):
+    server, _ = live
+    unloaded = httpx.post(f"{server.url}/v2/repository/models/emb/unload", timeout=60)
+    assert unloaded.status_code == 200, unloaded.text
+    try:
+        answer = embed(server)
+        assert answer.status_code == 503
+        assert answer.headers["retry-after"] == "1"  # as on v2: an OpenAI client's back-off reads it
+        error = answer.json()["error"]
+        assert "model 'emb' is not ready" in error["message"] and error["type"] == "server_error"
+    finally:
+        reloaded = httpx.post(f"{server.url}/v2/repository/models/emb/load", timeout=120)
+    assert reloaded.status_code == 200, reloaded.text
+    assert embed(server).status_code == 200
