@@ -91,7 +91,7 @@ def test_the_document_is_built_once_per_app(document: dict) -> None:
     first = app.openapi()
     assert app.openapi() is first
     assert (first["info"]["title"], first["info"]["version"]) == ("hotswap", hotswap.__version__)
-    assert "Open Inference Protocol v2" in first["info"]["description"]
+    assert first["info"]["description"] == "KServe / Open Inference Protocol v2 over pluggable hardware backends."
 
 
 def test_a_real_v2_request_answer_and_error_validate(document: dict) -> None:
@@ -168,3 +168,16 @@ def test_the_openai_generation_routes_document_their_bodies_and_openai_errors(do
                 {"$ref": "#/components/schemas/OpenAIErrorResponse"}
     chat = _operation(document, "/v1/chat/completions")["requestBody"]["content"]["application/json"]["schema"]
     assert chat["properties"]["messages"]["items"] == {"$ref": "#/components/schemas/ChatMessage"}
+
+
+def test_defs_are_lifted_into_the_components_from_nested_lists_too():
+    from hotswap.serve.schemas import _lift_defs
+
+    body = {"$defs": {"A": {"type": "string"}},
+            "properties": {"x": {"anyOf": [{"$ref": "#/$defs/A"}, {"type": "null"}]},
+                           "y": {"items": [{"$ref": "#/$defs/A"}]}}}
+    components: dict = {}
+    _lift_defs(body, components)
+    assert components == {"A": {"type": "string"}} and "$defs" not in body
+    assert body["properties"]["x"]["anyOf"][0] == {"$ref": "#/components/schemas/A"}
+    assert body["properties"]["y"]["items"][0] == {"$ref": "#/components/schemas/A"}
