@@ -57,6 +57,8 @@ def test_failed_load_of_unloaded_model_is_unavailable_with_reason(server, client
         with pytest.raises(httpclient.InferenceServerException) as info:
             client.load_model("tiny", config=cuda)
         assert info.value.status() == "400"
+        # tritonclient reads the v2 body's "error": the whole message, not the raw JSON, starts so
+        assert info.value.message().startswith("failed to load model 'tiny': ")
         assert "CUDAExecutionProvider" in info.value.message()
         entry = _index(server)["tiny"]
         assert entry["state"] == "UNAVAILABLE"
