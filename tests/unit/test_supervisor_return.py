@@ -75,11 +75,12 @@ def registry() -> BackendRegistry:
                            failed=dict(found.failed), distributions=dict(found.distributions))
 
 
-def supervisor(tiny, registry, backends: list[str], batching: dict | None = None, **failover) -> ModelSupervisor:
+def supervisor(tiny, registry, backends: list[str], batching: dict | None = None, metrics: Metrics | None = None,
+               **failover) -> ModelSupervisor:
     model = {"name": "tiny", "source": str(tiny.onnx), "backends": [{"name": b} for b in backends],
              "failover": {"after_errors": 1, **failover}, "batching": batching or {}}
     config = parse_config({"server": {"model_roots": [str(tiny.onnx.parent)]}, "models": [model]}, "test", registry)
-    return ModelSupervisor(config.models[0], registry, Metrics(), drain_timeout_s=5)
+    return ModelSupervisor(config.models[0], registry, metrics or Metrics(), drain_timeout_s=5)
 
 
 async def until(condition, what: str) -> None:
@@ -112,6 +113,8 @@ def test_a_warm_standby_serves_at_once_and_the_mended_preferred_entry_is_taken_b
         await until(lambda: sup.active.selected.label == "mendable", "the return to the preferred entry")
         assert sup.log.state == "serving" and sup.log.reason == "preferred_recovered"
         assert sup.standby is not None and sup.standby.selected.label == "onnxruntime"  # kept warm
+        # the switches' background tasks (standby load, retiring runner, probe) are dropped once done
+        await until(lambda: not sup._tasks, "the finished background tasks to be dropped")
         history = [(h["from"], h["to"], h["reason"]) for h in sup.log.history]
         meta = sup.metadata()["failover"]
         out = await sup.infer({"x": X}, 10.0)
@@ -164,6 +167,28 @@ def test_the_standby_is_warmed_with_the_latest_batch(tiny, registry):
         return first_calls, calls
 
     assert asyncio.run(go()) == (0, 1)
+
+
+def test_a_warm_standby_is_not_reported_as_serving(tiny, registry):
+    metrics = Metrics()
+    sup = supervisor(tiny, registry, ["onnxruntime", "mendable"], metrics=metrics, standby=True,
+                     retry_primary_after_s=60)
+
+    def selected() -> dict[str, float]:
+        return {s.labels["position"]: s.value for family in metrics.registry.collect()
+                if family.name == "hotswap_backend_selected" for s in family.samples}
+
+    async def go():
+        await sup.start()
+        await until(lambda: sup.standby is not None, "the standby")
+        meta, chosen = sup.metadata()["failover"], selected()
+        await sup.close(1)
+        return chosen, meta
+
+    chosen, meta = asyncio.run(go())
+    assert chosen == {"0": 1.0}  # the standby (position 1) is loaded, but not what serves
+    assert meta["standby"] == "mendable"
+    assert meta["config"] == sup.policy.model_dump() and meta["config"]["retry_primary_after_s"] == 60
 
 
 def test_a_standby_that_cannot_load_leaves_one_runner(tiny, registry):
