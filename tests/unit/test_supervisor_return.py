@@ -236,7 +236,7 @@ def test_requests_queued_on_a_faulty_backend_are_answered_by_the_next_entry(tiny
         np.testing.assert_allclose(out["y"], want, rtol=0, atol=1e-5)
 
 
-def test_with_no_later_entry_that_loads_the_faulty_backend_keeps_serving_degraded(tiny, registry):
+def test_with_no_later_entry_that_loads_the_faulty_backend_keeps_serving_degraded(tiny, registry, caplog):
     sup = supervisor(tiny, registry, ["mendable", "unloadable"])
 
     async def go():
@@ -257,4 +257,5 @@ def test_with_no_later_entry_that_loads_the_faulty_backend_keeps_serving_degrade
 
     retried, out, summary = asyncio.run(go())
     assert retried == 1 and summary["reason"] == "errors; no later chain entry loads"
+    assert "model tiny: mendable is faulty (errors) and no later chain entry loads; it keeps serving" in caplog.text
     np.testing.assert_allclose(out["y"], tiny.reference({"x": X})["y"], rtol=0, atol=1e-5)
