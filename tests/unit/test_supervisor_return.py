@@ -127,6 +127,26 @@ def test_a_warm_standby_serves_at_once_and_the_mended_preferred_entry_is_taken_b
     np.testing.assert_allclose(out["y"], tiny.reference({"x": X})["y"], rtol=0, atol=1e-5)
 
 
+def test_without_a_standby_the_entry_left_for_the_recovered_one_is_retired(tiny, registry):
+    sup = supervisor(tiny, registry, ["mendable", "onnxruntime"], retry_primary_after_s=0.05)
+
+    async def go():
+        await sup.start()
+        await sup.infer({"x": X}, 10.0)  # a batch to probe on
+        Mendable.broken.set()
+        await sup.infer({"x": X}, 10.0)  # fails over
+        assert sup.active.selected.label == "onnxruntime"
+        Mendable.broken.clear()
+        await until(lambda: sup.active.selected.label == "mendable", "the return to the preferred entry")
+        await until(lambda: not sup._tasks, "the retiring runner's close")
+        left = (sup.standby, [r.selected.label for r in sup.runners()])
+        await sup.close(1)
+        return left
+
+    standby, runners = asyncio.run(go())
+    assert standby is None and runners == ["mendable"]
+
+
 def test_a_preferred_entry_that_disagrees_is_not_taken_back(tiny, registry):
     sup = supervisor(tiny, registry, ["mendable", "onnxruntime"], retry_primary_after_s=0.05, parity_atol=1e-3)
 
