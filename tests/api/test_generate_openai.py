@@ -106,6 +106,21 @@ def test_text_completion_answers_one_whole_object(live):
     assert data["usage"] == {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8}  # w1 w2 w3
 
 
+def test_a_text_completion_stream_has_text_pieces_then_usage_as_text_completion_objects(live):
+    body = {"model": GEN, "prompt": PROMPT, "max_tokens": 5, "temperature": 0, "stop_token_ids": [],
+            "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}
+    response, payloads = events(live, "/v1/completions", body)
+    assert response.status_code == 200 and payloads[-1] == "[DONE]"
+    *pieces, usage = [json.loads(p) for p in payloads[:-1]]
+    assert {c["object"] for c in [*pieces, usage]} == {"text_completion"}
+    assert all(c["id"].startswith("cmpl-") and c["usage"] is None for c in pieces)
+    assert [c["choices"][0]["index"] for c in pieces] == [0] * len(pieces)
+    assert "".join(c["choices"][0]["text"] for c in pieces) == whole_text(live, 5)
+    assert [c["choices"][0]["finish_reason"] for c in pieces][-1] == "length"
+    assert usage["choices"] == [] and usage["usage"] == {"prompt_tokens": 3, "completion_tokens": 5,
+                                                         "total_tokens": 8}
+
+
 def test_a_stop_string_ends_a_completion_with_finish_reason_stop(live):
     text = whole_text(live, 12)
     stop = text.split()[3]
