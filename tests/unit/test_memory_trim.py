@@ -97,3 +97,15 @@ def test_switched_off_it_never_trims() -> None:
     started = time.monotonic()
     watch(trimmer, 0.3)
     assert trimmer.trims == 0 and time.monotonic() - started < 5
+
+
+def test_trims_are_counted_and_what_they_gave_back_summed_never_negative() -> None:
+    from hotswap.serve.metrics import Metrics
+
+    metrics = Metrics()
+    metrics.trimmed(3 * MIB)
+    metrics.trimmed(-5)  # resident memory grew meanwhile: a trim, nothing given back
+    metrics.trimmed(MIB)
+    sample = {s.name: s.value for family in metrics.registry.collect() for s in family.samples}
+    assert sample["hotswap_memory_trims_total"] == 3
+    assert sample["hotswap_memory_trimmed_bytes_total"] == 4 * MIB
