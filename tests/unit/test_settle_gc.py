@@ -32,6 +32,18 @@ def test_the_objects_alive_are_frozen_and_the_young_threshold_raised_until_resto
     assert _collectable(alive), "after the restore a frozen object is collectable again"
 
 
+def test_the_older_generations_thresholds_are_kept_as_they_were():
+    before = gc.get_threshold()
+    gc.set_threshold(700, 11, 13)  # distinct, so a shifted pair would show
+    try:
+        restore = settle_gc(GcConfig(freeze_after_load=False, young_threshold=3_000))
+        assert gc.get_threshold() == (3_000, 11, 13)
+        restore()
+        assert gc.get_threshold() == (700, 11, 13)
+    finally:
+        gc.set_threshold(*before)
+
+
 def test_without_freeze_after_load_only_the_threshold_changes():
     before = gc.get_threshold()
     alive = [object()]
