@@ -30,7 +30,6 @@ from hotswap.server_config import LimitsConfig
 
 log = logging.getLogger("hotswap.runner")
 
-
 BatchHook = Callable[["ModelRunner", BatchOutcome], None]
 
 
