@@ -13,8 +13,11 @@ hotswap.GROUP*; several, comma-separated (serve.codec,serve.batch), make one gro
    --retry-survivors: every survivor not judged equivalent, and every mutant no test reached, after
    tests were added for them);
 3. stops at the deadline with SIGINT (mutmut keeps every result it has), so the next run goes on from there;
+4. writes every result to docs/mutation-results.json, from which a run that finds no `mutants/` results
+   for a file (a fresh clone) starts (scripts/mutation_results.py);
 
-then prints the counts and the score, (killed + timed out) / (all - judged equivalent), where the mutants
+then prints the counts and the score (with --report or --table alone, from `mutants/` or, where it has
+nothing, from docs/mutation-results.json), (killed + timed out) / (all - judged equivalent), where the mutants
 judged equivalent are the ones named in backticks in docs/TESTING.md's table. It exits 1 when a group
 with every mutant run scores below --min.
 """
@@ -32,6 +35,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import mutation_results
+
 ROOT = Path(__file__).resolve().parents[1]
 MUTANTS = ROOT / "mutants"
 CAPPED = MUTANTS / "mutation-capped"  # written by tests/mutation_plugin.py
@@ -48,13 +53,26 @@ def prefixes(group: str) -> tuple[str, ...]:
     return tuple(f"hotswap.{part.strip()}" for part in group.split(",") if part.strip())
 
 
-def load_results(group: str) -> dict[str, int | None]:
+def load_results(group: str) -> tuple[dict[str, int | None], set[str]]:
+    """(exit code by mutant name, names of the survivors whose run was capped) of the group: from
+    `mutants/` where it holds a source file's results, else from docs/mutation-results.json as it stands
+    for the source now (a fresh clone has no `mutants/`)."""
+    saved, saved_capped = mutation_results.load()
     results: dict[str, int | None] = {}
+    capped: set[str] = set()
+    here = set()
     for meta in sorted(MUTANTS.glob("hotswap/**/*.py.meta")):
+        here.add(mutation_results.module_of(str(meta.relative_to(MUTANTS)).removesuffix(".meta")))
         for name, code in json.loads(meta.read_text())["exit_code_by_key"].items():
-            if name.startswith(prefixes(group)):
-                results[name] = code
-    return results
+            results[name] = code
+            if (CAPPED / name).exists():
+                capped.add(name)
+    for name, code in saved.items():
+        if (match := mutation_results.MUTANT.match(name)) and match["module"] not in here:
+            results[name] = code
+            if name in saved_capped:
+                capped.add(name)
+    return {n: c for n, c in results.items() if n.startswith(prefixes(group))}, capped
 
 
 def equivalent_mutants() -> set[str]:
@@ -100,7 +118,7 @@ def run_mutmut(names: list[str], budget_s: float, deadline: float, children: int
     return True
 
 
-def classify(name: str, code: int | None, equivalent: set[str]) -> str:
+def classify(name: str, code: int | None, equivalent: set[str], capped: set[str]) -> str:
     """One mutant's status: killed, timeout, crashed, equivalent, not run, capped, survived, no tests, or
     `exit N` (suspicious, or an error in mutmut's worker)."""
     if code in CAUGHT:
@@ -110,12 +128,12 @@ def classify(name: str, code: int | None, equivalent: set[str]) -> str:
     if code is None:
         return "not run"
     if code in SURVIVED:
-        return "capped" if code == 0 and (CAPPED / name).exists() else SURVIVED[code]
+        return "capped" if code == 0 and name in capped else SURVIVED[code]
     return f"exit {code}"
 
 
 def report(group: str, minimum: float) -> int:
-    results = load_results(group)
+    results, capped = load_results(group)
     names = ", ".join(f"{p}*" for p in prefixes(group))
     if not results:
         print(f"no mutants named {names} under mutants/")
@@ -124,7 +142,7 @@ def report(group: str, minimum: float) -> int:
     tally: Counter[str] = Counter()
     open_mutants: list[tuple[str, str]] = []
     for name, code in sorted(results.items()):
-        status = classify(name, code, equivalent)
+        status = classify(name, code, equivalent, capped)
         tally[status] += 1
         if status not in CAUGHT.values() and status != "equivalent":
             open_mutants.append((status, name))
@@ -150,10 +168,11 @@ def table(group: str) -> None:
     rows: dict[str, Counter[str]] = {}
     columns = ("mutants", "killed", "timeout", "crashed", "equivalent", "survived", "capped", "no tests", "not run",
                "other exit")
-    for name, code in load_results(group).items():
+    results, capped = load_results(group)
+    for name, code in results.items():
         tally = rows.setdefault(name.split(".x", 1)[0].removeprefix("hotswap."), Counter())
         tally["mutants"] += 1
-        status = classify(name, code, equivalent)
+        status = classify(name, code, equivalent, capped)
         tally[status if status in columns else "other exit"] += 1
     print("| module | " + " | ".join(columns) + " | score so far |")
     print("| --- " * (len(columns) + 2) + "|")
@@ -173,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="run every survivor not judged equivalent again, with all its tests")
     parser.add_argument("--report", action="store_true", help="only print the counts and the score")
     parser.add_argument("--table", action="store_true", help="only print the state per module (markdown)")
+    parser.add_argument("--save", action="store_true",
+                        help="only write mutants/'s results to docs/mutation-results.json (a run stopped by hand)")
     parser.add_argument("--restat", action="store_true",
                         help="map every test to the functions it runs again first (keeps every result)")
     parser.add_argument("--min", type=float, default=90.0, help="lowest acceptable score in percent (default 90)")
@@ -183,7 +204,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.table:
         table(args.group)
         return 0
+    if args.save:
+        return save()
 
+    # A shell's background job starts with SIGINT ignored, and mutmut, which this stops with SIGINT at the
+    # deadline, would inherit that; a handler of our own is reset to the default in the child instead.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     drop_stale_tests()
     if args.restat:
         # mutmut maps only tests it has not seen before: a function added since is mapped to the
@@ -191,23 +217,33 @@ def main(argv: list[str] | None = None) -> int:
         (MUTANTS / "mutmut-stats.json").unlink(missing_ok=True)
     budget_s = float(os.environ.get("HOTSWAP_MUTATE_BUDGET_S") or 5)
     deadline = time.monotonic() + args.minutes * 60
-    results = load_results(args.group)
+    if seeded := mutation_results.restore(MUTANTS, CAPPED):
+        print(f"{seeded} results from {mutation_results.SAVED.relative_to(ROOT)} (functions unchanged since)")
+    results, _ = load_results(args.group)
     if args.fresh or not results:
         todo = [f"{prefix}*" for prefix in prefixes(args.group)]
     else:
         todo = [n for n, c in results.items() if c is None]
     finished = run_mutmut(todo, budget_s, deadline, args.children) if todo else True
     # That run re-generated the mutants first: functions changed since the last run lost their results.
-    todo = [n for n, c in load_results(args.group).items() if c is None]
+    todo = [n for n, c in load_results(args.group)[0].items() if c is None]
     if finished and todo and deadline - time.monotonic() > MIN_PASS_S:
         finished = run_mutmut(todo, budget_s, deadline, args.children)
     equivalent = equivalent_mutants()
-    capped = [n for n, c in load_results(args.group).items() if n not in equivalent
-              and ((c == 0 and (CAPPED / n).exists()) or (args.retry_survivors and c in SURVIVED))]
-    if finished and capped and deadline - time.monotonic() > MIN_PASS_S:
-        print(f"\n{len(capped)} survivors: again with all of their tests", flush=True)
-        run_mutmut(capped, 0, deadline, args.children)
+    results, capped = load_results(args.group)
+    again = [n for n, c in results.items() if n not in equivalent
+             and ((c == 0 and n in capped) or (args.retry_survivors and c in SURVIVED))]
+    if finished and again and deadline - time.monotonic() > MIN_PASS_S:
+        print(f"\n{len(again)} survivors: again with all of their tests", flush=True)
+        run_mutmut(again, 0, deadline, args.children)
+    save()
     return report(args.group, args.min)
+
+
+def save() -> int:
+    saved = mutation_results.save(MUTANTS, CAPPED)
+    print(f"{saved} mutants written to {mutation_results.SAVED.relative_to(ROOT)} (commit it with the tests)")
+    return 0
 
 
 if __name__ == "__main__":
