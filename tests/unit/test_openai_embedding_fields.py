@@ -84,6 +84,12 @@ def test_float_rows_are_answered_in_openai_s_shape():
                              {"object": "embedding", "index": 1, "embedding": [0.0, 0.0, 0.0]}]}
 
 
+def test_float_rows_are_float32_numbers_whatever_the_models_dtype():
+    wide = np.array([[1 / 3, 0.1]], dtype=">f8")  # a float64, big-endian output
+    body = orjson.loads(encode_embeddings("m", wide, EmbeddingQuery("m", ["a"], False, None), 1))
+    assert body["data"][0]["embedding"] == [0.33333334, 0.1]  # float32's shortest text, as for a float32 model
+
+
 def test_base64_rows_are_little_endian_float32():
     wide = ROWS.astype(">f8")  # whatever the model's dtype and byte order
     body = orjson.loads(encode_embeddings("m", wide, EmbeddingQuery("m", ["a", "b"], True, None), 2))

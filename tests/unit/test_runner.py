@@ -13,12 +13,14 @@ import threading
 import weakref
 
 import numpy as np
+import pytest
 
 from hotswap.backends.onnxruntime_backend import OnnxRuntimeBackend
 from hotswap.backends.registry import BackendRegistry
 from hotswap.config import ModelConfig, parse_config
 from hotswap.errors import ModelNotReady
 from hotswap.serve.app import create_app
+from hotswap.serve.batch import BatchHung
 from hotswap.serve.metrics import Metrics
 from hotswap.serve.runner import ModelRunner
 from hotswap.testing import TinyModels
@@ -197,3 +199,43 @@ def test_a_closed_runner_refuses_requests_as_not_ready(tiny: TinyModels):
             raise AssertionError("a closed runner answered")
 
     run(scenario())
+
+
+class HangingOnnxRuntime(OnnxRuntimeBackend):
+    """The real onnxruntime backend whose calls, once `hang` is set, block until `release` (a lost device)."""
+
+    name = "onnxruntime"
+    hang = threading.Event()
+    release = threading.Event()
+
+    def run(self, inputs):
+        if self.hang.is_set():
+            self.release.wait(10)
+        return super().run(inputs)
+
+
+def test_a_hung_batch_fails_at_the_batch_timeout_and_its_instance_takes_no_more(tiny: TinyModels):
+    registry = BackendRegistry(available={"onnxruntime": HangingOnnxRuntime})
+    config = ModelConfig(name="tiny", source=str(tiny.onnx), backends=[{"name": "onnxruntime"}],
+                         batching={"max_batch_size": 1}, failover={"batch_timeout_ms": 100})
+    HangingOnnxRuntime.hang.clear()
+    HangingOnnxRuntime.release.clear()
+
+    async def scenario() -> tuple[str, str]:
+        runner = ModelRunner(config, registry, Metrics())
+        await runner.start()
+        HangingOnnxRuntime.hang.set()
+        try:
+            with pytest.raises(BatchHung) as hung:
+                await runner.infer({"x": rows(1, 0)}, None)
+            # the instance's thread is still inside the hung call: the next batch is refused at once
+            with pytest.raises(BatchHung) as refused:
+                await runner.infer({"x": rows(1, 1)}, None)
+            await runner.close(0)  # without waiting for the thread still hung
+        finally:
+            HangingOnnxRuntime.release.set()
+        return str(hung.value), str(refused.value)
+
+    hung, refused = run(scenario())
+    assert hung == "backend 'onnxruntime' did not finish a batch within failover.batch_timeout_ms=100"
+    assert refused == "instance 0 of 'onnxruntime' is abandoned: an earlier batch hung"

@@ -34,8 +34,14 @@ class Mendable(OnnxRuntimeBackend):
     entered = threading.Event()
     skew = 0.0
     calls = 0
+    loads = 0
+
+    load_gate: threading.Event | None = None  # when set by a test: each load waits for it
 
     def _load(self, artifact, options, declared):
+        Mendable.loads += 1
+        if Mendable.load_gate is not None:
+            Mendable.load_gate.wait(10)
         if Mendable.unloadable.is_set():
             raise BackendUnavailable("the device is still gone")
         return super()._load(artifact, options, declared)
@@ -57,12 +63,25 @@ class Unloadable(OnnxRuntimeBackend):
         raise BackendUnavailable("no such device")
 
 
+class Late(OnnxRuntimeBackend):
+    """onnxruntime that cannot load until `loadable` is set (a device that comes up after start-up)."""
+
+    name = "late"
+    loadable = threading.Event()
+
+    def _load(self, artifact, options, declared):
+        if not Late.loadable.is_set():
+            raise BackendUnavailable("not up yet")
+        return super()._load(artifact, options, declared)
+
+
 @pytest.fixture(autouse=True)
 def mended():
     Mendable.broken.clear()
     Mendable.unloadable.clear()
-    Mendable.skew, Mendable.calls, Mendable.gate = 0.0, 0, None
+    Mendable.skew, Mendable.calls, Mendable.loads, Mendable.gate, Mendable.load_gate = 0.0, 0, 0, None, None
     Mendable.entered.clear()
+    Late.loadable.clear()
     yield
     Mendable.broken.clear()
     Mendable.unloadable.clear()
@@ -71,7 +90,7 @@ def mended():
 @pytest.fixture(scope="module")
 def registry() -> BackendRegistry:
     found = discover_backends()
-    return BackendRegistry(available={**found.available, "mendable": Mendable, "unloadable": Unloadable},
+    return BackendRegistry(available={**found.available, "mendable": Mendable, "unloadable": Unloadable, "late": Late},
                            failed=dict(found.failed), distributions=dict(found.distributions))
 
 
@@ -187,6 +206,86 @@ def test_the_standby_is_warmed_with_the_latest_batch(tiny, registry):
         return first_calls, calls
 
     assert asyncio.run(go()) == (0, 1)
+
+
+def test_a_standby_is_loaded_only_while_there_is_none_and_a_model_is_served(tiny, registry):
+    sup = supervisor(tiny, registry, ["onnxruntime", "mendable"], standby=True, retry_primary_after_s=60)
+
+    async def go():
+        await sup.start()
+        await until(lambda: sup.standby is not None, "the standby")
+        standby, loads = sup.standby, Mendable.loads
+        await sup._load_standby()  # one is warm already: nothing to do
+        again = (sup.standby is standby, Mendable.loads - loads)
+        await sup.close(1)
+        await sup._load_standby()  # closed: no active runner, nothing to stand by for
+        return again, sup.standby, Mendable.loads - loads
+
+    again, after_close, loads = asyncio.run(go())
+    assert again == (True, 0) and after_close is None and loads == 0
+
+
+def test_a_standby_loaded_while_the_serving_runner_changed_is_dropped(tiny, registry):
+    sup = supervisor(tiny, registry, ["onnxruntime", "mendable"], retry_primary_after_s=60)
+
+    async def go():
+        await sup.start()
+        Mendable.load_gate = threading.Event()
+        loading = asyncio.create_task(sup._load_standby())
+        await until(lambda: Mendable.loads == 1, "the standby's load to start")
+        serving = sup.active
+        sup.active = sup._runner(0)  # a switch replaced the runner the standby was meant for
+        Mendable.load_gate.set()
+        await loading
+        dropped = sup.standby
+        sup.active = serving
+        await sup.close(1)
+        return dropped
+
+    assert asyncio.run(go()) is None
+
+
+def test_the_preferred_entry_is_not_probed_while_a_switch_is_under_way(tiny, registry):
+    sup = supervisor(tiny, registry, ["mendable", "onnxruntime"], retry_primary_after_s=0.01)
+
+    async def go():
+        await sup.start()
+        await sup.infer({"x": X}, 10.0)
+        Mendable.broken.set()
+        Mendable.unloadable.set()  # every probe fails to load it, and counts a load
+        await sup.infer({"x": X}, 10.0)  # fails over; the probe loop starts
+        await until(lambda: Mendable.loads >= 3, "probes")
+        sup._switching = asyncio.get_running_loop().create_future()  # a switch under way
+        await asyncio.sleep(0.1)  # a probe already loading finishes
+        loads = Mendable.loads
+        await asyncio.sleep(0.2)  # twenty probe intervals
+        during = Mendable.loads - loads
+        sup._switching = None
+        await until(lambda: Mendable.loads > loads, "the probes to go on after the switch")
+        await sup.close(1)
+        return during
+
+    assert asyncio.run(go()) == 0
+
+
+def test_the_probe_takes_back_the_entry_that_served_first_not_an_earlier_one(tiny, registry):
+    """The chain starts on its second entry (the first cannot load yet); after a failover, the probe
+    tries that entry again, not the first one, which has come up meanwhile."""
+    sup = supervisor(tiny, registry, ["late", "mendable", "onnxruntime"], retry_primary_after_s=0.02)
+
+    async def go():
+        await sup.start()
+        await sup.infer({"x": X}, 10.0)
+        Mendable.broken.set()
+        await sup.infer({"x": X}, 10.0)  # fails over to onnxruntime
+        Late.loadable.set()
+        Mendable.broken.clear()
+        await until(lambda: sup.active.selected.label != "onnxruntime", "the return")
+        back = (sup.active.selected.label, sup.active.selected.position, sup.preferred_position)
+        await sup.close(1)
+        return back
+
+    assert asyncio.run(go()) == ("mendable", 1, 1)
 
 
 def test_a_warm_standby_is_not_reported_as_serving(tiny, registry):
