@@ -138,3 +138,46 @@ def test_a_receive_that_turns_the_cancellation_into_its_own_error_leaves_the_tas
         return "read", 0
 
     assert asyncio.run(go()) == ("connection gone", 0)
+
+
+class _FrozenClockLoop(asyncio.SelectorEventLoop):
+    """An event loop whose clock stands still at `now`: deadlines compared to the microsecond."""
+
+    now = 1000.0
+
+    def time(self) -> float:
+        return self.now
+
+
+def test_the_timer_expires_every_read_due_within_its_slack_of_now():
+    """A timer may fire a clock tick before its time: when it fires, reads due up to TIMER_SLACK_S
+    from now (that one included) are expired with it, not left for a timer re-armed a tick later."""
+    from hotswap.serve.guard import TIMER_SLACK_S
+
+    async def go() -> list[bool]:
+        deadlines = BodyDeadlines()
+        now = _FrozenClockLoop.now
+
+        async def read(due: float) -> bool:
+            task = deadlines.watch(due)
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                return deadlines.end(task)
+            return False
+
+        dues = (now + TIMER_SLACK_S / 2, now + TIMER_SLACK_S, now + 2 * TIMER_SLACK_S)
+        tasks = [asyncio.create_task(read(due)) for due in dues]
+        await asyncio.sleep(0)  # every read is watching
+        deadlines._check()  # the timer, firing now
+        await asyncio.sleep(0)
+        done = [task.done() for task in tasks]
+        for task in tasks:
+            task.cancel()  # a cancellation not its deadline's, for those still waiting
+        return done + list(await asyncio.gather(*tasks))
+
+    loop = _FrozenClockLoop()
+    try:
+        assert loop.run_until_complete(go()) == [True, True, False, True, True, False]
+    finally:
+        loop.close()

@@ -40,10 +40,10 @@ class Mendable(OnnxRuntimeBackend):
 
     def _load(self, artifact, options, declared):
         Mendable.loads += 1
-        if Mendable.load_gate is not None:
-            Mendable.load_gate.wait(10)
         if Mendable.unloadable.is_set():
             raise BackendUnavailable("the device is still gone")
+        if Mendable.load_gate is not None:
+            Mendable.load_gate.wait(10)
         return super()._load(artifact, options, declared)
 
     def run(self, inputs: Tensors) -> Tensors:
@@ -68,11 +68,19 @@ class Late(OnnxRuntimeBackend):
 
     name = "late"
     loadable = threading.Event()
+    close_gate: threading.Event | None = None  # when set by a test: closing waits for it
+    closed = 0
 
     def _load(self, artifact, options, declared):
         if not Late.loadable.is_set():
             raise BackendUnavailable("not up yet")
         return super()._load(artifact, options, declared)
+
+    def close(self) -> None:
+        if Late.close_gate is not None:
+            Late.close_gate.wait(10)
+        Late.closed += 1
+        super().close()
 
 
 @pytest.fixture(autouse=True)
@@ -82,6 +90,7 @@ def mended():
     Mendable.skew, Mendable.calls, Mendable.loads, Mendable.gate, Mendable.load_gate = 0.0, 0, 0, None, None
     Mendable.entered.clear()
     Late.loadable.clear()
+    Late.close_gate, Late.closed = None, 0
     yield
     Mendable.broken.clear()
     Mendable.unloadable.clear()
@@ -286,6 +295,97 @@ def test_the_probe_takes_back_the_entry_that_served_first_not_an_earlier_one(tin
         return back
 
     assert asyncio.run(go()) == ("mendable", 1, 1)
+
+
+def test_on_the_return_the_entry_left_becomes_the_standby_and_the_old_standby_is_retired(tiny, registry):
+    """Chain mendable, onnxruntime, late, with a standby: a failover promotes onnxruntime and loads late
+    as the standby. A probe that cannot load mendable says why and changes nothing; the return makes
+    onnxruntime the standby and retires late, and a close right then waits for that retirement."""
+    Late.loadable.set()
+    sup = supervisor(tiny, registry, ["mendable", "onnxruntime", "late"], standby=True, retry_primary_after_s=0.02)
+
+    async def go():
+        await sup.start()
+        await sup.infer({"x": X}, 10.0)
+        Mendable.broken.set()
+        Mendable.unloadable.set()
+        await sup.infer({"x": X}, 10.0)
+        await until(lambda: sup.standby is not None and sup.standby.selected.label == "late", "late as the standby")
+        await until(lambda: sup.log.last_probe is not None, "a failed probe")
+        failed_probe = (sup.log.last_probe["result"], sup.active.selected.label, len(sup.log.history))
+        Late.close_gate = threading.Event()  # the retirement of late will wait
+        Mendable.unloadable.clear()
+        Mendable.broken.clear()
+        await until(lambda: sup.active.selected.label == "mendable", "the return")
+        standby = sup.standby.selected.label
+        threading.Timer(0.3, Late.close_gate.set).start()
+        await sup.close(1)  # the retiring runner is left to finish its close, and waited for
+        return failed_probe, standby, Late.closed, [h["to"] for h in sup.log.history]
+
+    failed_probe, standby, late_closed, switches = asyncio.run(go())
+    assert failed_probe == ("BackendUnavailable: model 'tiny': no backend in its chain could load:\n"
+                            "  #0 mendable: the device is still gone", "onnxruntime", 1)
+    assert standby == "onnxruntime" and switches == ["onnxruntime", "mendable"]
+    assert late_closed == 1, "the old standby's close was cut short by the supervisor's close"
+
+
+def test_a_probe_does_not_switch_when_the_serving_runner_changed_meanwhile(tiny, registry):
+    sup = supervisor(tiny, registry, ["mendable", "onnxruntime"], retry_primary_after_s=0.01)
+
+    async def go():
+        await sup.start()
+        await sup.infer({"x": X}, 10.0)
+        Mendable.broken.set()
+        await sup.infer({"x": X}, 10.0)  # fails over; the probe loop starts
+        Mendable.broken.clear()
+        Mendable.load_gate = threading.Event()
+        loads = Mendable.loads
+        await until(lambda: Mendable.loads > loads, "a probe's load")
+        serving = sup.active
+        replaced = sup._runner(1)
+        await replaced.start(publish=False)
+        sup.active = replaced  # as another switch would, while the probe loads
+        Mendable.unloadable.set()  # the probes after this one fail to load
+        Mendable.load_gate.set()
+        await until(lambda: sup.log.last_probe is not None, "the probe's outcome")
+        kept = sup.active is replaced
+        sup.active = serving
+        await replaced.close(0)
+        await sup.close(1)
+        return kept, [h["to"] for h in sup.log.history]
+
+    assert asyncio.run(go()) == (True, ["onnxruntime"])
+
+
+def test_a_probe_leaves_the_serving_entry_published_while_it_runs_and_after_it_failed(tiny, registry):
+    metrics = Metrics()
+    sup = supervisor(tiny, registry, ["mendable", "onnxruntime"], metrics=metrics, retry_primary_after_s=0.02,
+                     parity_atol=1e-3)
+
+    def selected() -> dict[str, float]:
+        return {s.labels["position"]: s.value for family in metrics.registry.collect()
+                if family.name == "hotswap_backend_selected" for s in family.samples}
+
+    async def go():
+        await sup.start()
+        await sup.infer({"x": X}, 10.0)
+        Mendable.broken.set()
+        await sup.infer({"x": X}, 10.0)
+        before = selected()
+        Mendable.skew = 0.5
+        Mendable.entered.clear()
+        Mendable.gate = threading.Semaphore(0)  # the probe's first batch on mendable waits
+        Mendable.broken.clear()
+        assert await asyncio.to_thread(Mendable.entered.wait, 10)
+        during = selected()
+        Mendable.gate.release(100)
+        await until(lambda: sup.log.last_probe is not None, "a probe")
+        after = selected()
+        await sup.close(1)
+        return before, during, after
+
+    before, during, after = asyncio.run(go())
+    assert before == during == after == {"0": 0.0, "1": 1.0}
 
 
 def test_a_warm_standby_is_not_reported_as_serving(tiny, registry):
