@@ -58,8 +58,10 @@ class Mendable(OnnxRuntimeBackend):
 
 class Unloadable(OnnxRuntimeBackend):
     name = "unloadable"
+    attempts = 0
 
     def _load(self, artifact, options, declared):
+        Unloadable.attempts += 1
         raise BackendUnavailable("no such device")
 
 

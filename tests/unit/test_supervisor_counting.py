@@ -1,0 +1,142 @@
+"""How the supervisor counts the active runner's batches (`_on_batch`), in-process on real onnxruntime
+sessions: consecutive failures against `after_errors`, the switch time measured from the first failed
+batch (a hung one included), the recent batches kept for the return probe only when there is one,
+and a model without failover whose batch fails. Shares test_supervisor_return's backends."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import numpy as np
+import pytest
+
+from hotswap.errors import BackendError
+from tests.unit import test_supervisor_return as shared
+from tests.unit.test_supervisor_return import Mendable, Unloadable, X, supervisor, until
+
+registry = shared.registry  # its fixtures: the backends' registry, and every test's mended Mendable
+mended = shared.mended
+
+
+def test_after_errors_counts_consecutive_failures_and_the_switch_time_starts_at_the_first(tiny, registry):
+    sup = supervisor(tiny, registry, ["mendable", "onnxruntime"], after_errors=2, retry=False)
+
+    async def go():
+        await sup.start()
+        await sup.infer({"x": X}, 10.0)
+        Mendable.broken.set()
+        outcomes = []
+        for _ in range(2):
+            try:
+                await sup.infer({"x": X}, 10.0)
+                outcomes.append("ok")
+            except BackendError:
+                outcomes.append("failed")
+            outcomes.append(sup.active.selected.label)
+            await asyncio.sleep(0.2)  # the second failure comes 0.2 s after the first
+        await until(lambda: sup.active.selected.label == "onnxruntime", "the failover")
+        history = list(sup.log.history)
+        await sup.close(1)
+        return outcomes, history
+
+    outcomes, history = asyncio.run(go())
+    assert outcomes[:3] == ["failed", "mendable", "failed"], "one failure of two does not fail over"
+    assert [(h["from"], h["to"], h["reason"]) for h in history] == [("mendable", "onnxruntime", "errors")]
+    assert 200 <= history[0]["switch_ms"] < 1000, "measured from the first failed batch"
+
+
+def test_a_success_resets_the_count_of_consecutive_failures(tiny, registry):
+    sup = supervisor(tiny, registry, ["mendable", "onnxruntime"], after_errors=2, retry=False)
+
+    async def go():
+        await sup.start()
+        for _ in range(3):  # fail, succeed, fail, succeed, ...: never two in a row
+            Mendable.broken.set()
+            with pytest.raises(BackendError):
+                await sup.infer({"x": X}, 10.0)
+            Mendable.broken.clear()
+            await sup.infer({"x": X}, 10.0)
+        label = sup.active.selected.label
+        await sup.close(1)
+        return label
+
+    assert asyncio.run(go()) == "mendable"
+
+
+def test_a_hung_batch_fails_over_at_once_timed_from_when_it_started(tiny, registry):
+    sup = supervisor(tiny, registry, ["mendable", "onnxruntime"], after_errors=5, batch_timeout_ms=200)
+    want = tiny.reference({"x": X})["y"]
+
+    async def go():
+        await sup.start()
+        Mendable.gate = threading.Semaphore(0)  # the next call on mendable never returns by itself
+        out = await sup.infer({"x": X}, 10.0)  # hangs, fails over, and is retried on onnxruntime
+        history = list(sup.log.history)
+        Mendable.gate.release(10)
+        await sup.close(1)
+        return out, history
+
+    out, history = asyncio.run(go())
+    np.testing.assert_allclose(out["y"], want, rtol=0, atol=1e-5)
+    assert [(h["from"], h["to"], h["reason"]) for h in history] == [("mendable", "onnxruntime", "hung")]
+    assert history[0]["switch_ms"] >= 200, "the hung batch's own time counts"
+
+
+@pytest.mark.parametrize("failover, kept", [(None, 0), ({"retry": True}, 0), ({"retry_primary_after_s": 60}, 1)])
+def test_recent_batches_are_kept_only_for_a_return_probe(tiny, registry, failover, kept):
+    sup = supervisor(tiny, registry, ["onnxruntime"])
+    if failover is None:
+        sup.policy = None  # a model without a failover section
+    else:
+        sup.policy = sup.policy.model_copy(update=failover)
+
+    async def go():
+        await sup.start()
+        out = await sup.infer({"x": X}, 10.0)
+        recent, executed = len(sup._recent), sup.active.series.execution_count._value.get()
+        await sup.close(1)
+        return out, recent, executed
+
+    out, recent, executed = asyncio.run(go())
+    np.testing.assert_allclose(out["y"], tiny.reference({"x": X})["y"], rtol=0, atol=1e-5)
+    assert recent == kept and executed == 1
+
+
+def test_without_failover_a_failed_batch_fails_its_request_and_the_model_serves_on(tiny, registry):
+    sup = supervisor(tiny, registry, ["mendable"])
+    sup.policy = None
+
+    async def go():
+        await sup.start()
+        Mendable.broken.set()
+        for _ in range(3):  # the first on the instance's thread, the next inline (serve/inline.py)
+            with pytest.raises(BackendError, match="device lost"):
+                await sup.infer({"x": X}, 10.0)
+        Mendable.broken.clear()
+        out = await sup.infer({"x": X}, 10.0)
+        await sup.close(1)
+        return out
+
+    np.testing.assert_allclose(asyncio.run(go())["y"], tiny.reference({"x": X})["y"], rtol=0, atol=1e-5)
+
+
+def test_a_degraded_runner_failing_again_does_not_walk_the_chain_again(tiny, registry):
+    sup = supervisor(tiny, registry, ["mendable", "unloadable"], retry=False)
+
+    async def go():
+        await sup.start()
+        Mendable.broken.set()
+        with pytest.raises(BackendError):
+            await sup.infer({"x": X}, 10.0)
+        await until(lambda: sup.log.state == "degraded", "the failover to give up")
+        attempts = Unloadable.attempts
+        for _ in range(3):
+            with pytest.raises(BackendError):
+                await sup.infer({"x": X}, 10.0)
+        await asyncio.sleep(0.05)
+        again = Unloadable.attempts - attempts
+        await sup.close(1)
+        return attempts, again
+
+    assert asyncio.run(go()) == (1, 0)
