@@ -91,6 +91,7 @@ def mended():
     Mendable.unloadable.clear()
     Mendable.skew, Mendable.calls, Mendable.loads, Mendable.gate, Mendable.load_gate = 0.0, 0, 0, None, None
     Mendable.entered.clear()
+    Unloadable.attempts = 0
     Late.loadable.clear()
     Late.close_gate, Late.closed = None, 0
     yield
@@ -466,17 +467,20 @@ def test_with_no_later_entry_that_loads_the_faulty_backend_keeps_serving_degrade
         with pytest.raises(BackendError):
             await sup.infer({"x": X}, 10.0)
         await until(lambda: sup.log.state == "degraded", "the switch to give up")
-        calls = Mendable.calls
-        with pytest.raises(BackendError):  # degraded: no retries on it any more
-            await sup.infer({"x": X}, 10.0)
-        retried = Mendable.calls - calls
+        calls, attempts = Mendable.calls, Unloadable.attempts
+        for _ in range(3):
+            with pytest.raises(BackendError):  # degraded: no retries on it any more
+                await sup.infer({"x": X}, 10.0)
+        await asyncio.sleep(0.05)
+        retried, walked = Mendable.calls - calls, Unloadable.attempts - attempts
         Mendable.broken.clear()
         out = await sup.infer({"x": X}, 10.0)
         summary = sup.log.summary()
         await sup.close(1)
-        return retried, out, summary
+        return retried, walked, out, summary
 
-    retried, out, summary = asyncio.run(go())
-    assert retried == 1 and summary["reason"] == "errors; no later chain entry loads"
+    retried, walked, out, summary = asyncio.run(go())
+    assert retried == 3 and summary["reason"] == "errors; no later chain entry loads"
+    assert walked == 0, "a degraded runner's failures do not walk the chain again"
     assert "model tiny: mendable is faulty (errors) and no later chain entry loads; it keeps serving" in caplog.text
     np.testing.assert_allclose(out["y"], tiny.reference({"x": X})["y"], rtol=0, atol=1e-5)
