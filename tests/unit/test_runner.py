@@ -84,6 +84,26 @@ def test_cancelled_request_mid_batch_leaves_others_their_rows(tiny: TinyModels):
         labels = {"model": "tiny", "version": "1", "backend": "onnxruntime", "device": "cpu"}
         assert metrics.registry.get_sample_value("hotswap_execution_count_total", labels) == 1
         assert metrics.registry.get_sample_value("hotswap_inference_count_total", labels) == sum(sizes)
+        for stage in ("input", "output"):  # the batch's concatenation and scatter: short, never negative
+            took = metrics.registry.get_sample_value(f"hotswap_compute_{stage}_duration_seconds_sum", labels)
+            assert 0 <= took < 0.5, (stage, took)
+
+    run(scenario())
+
+
+def test_a_runner_describes_what_serves_it_and_refuses_requests_before_it_starts(tiny: TinyModels):
+    async def scenario() -> None:
+        config = ModelConfig(name="tiny", source=str(tiny.onnx), backends=[{"name": "onnxruntime"}])
+        runner = ModelRunner(config, REGISTRY, Metrics())
+        with pytest.raises(RuntimeError, match="^runner not started$"):
+            await runner.infer({"x": rows(1, 0)}, None)
+        await runner.start()
+        try:
+            assert runner.platform() == "onnxruntime_onnx"
+            backend = runner.metadata()["backend"]
+            assert (backend["name"], backend["entry"], backend["chain_position"]) == ("onnxruntime", "onnxruntime", 0)
+        finally:
+            await runner.close()
 
     run(scenario())
 
