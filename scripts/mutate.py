@@ -9,9 +9,9 @@ hotswap.GROUP*; several, comma-separated (serve.codec,serve.batch), make one gro
    with --fresh; later only those not reached before and those of functions changed since (mutmut drops
    the results of a function whose source changed). Each runs its cheapest tests first and at most
    $HOTSWAP_MUTATE_BUDGET_S seconds of them (tests/mutation_plugin.py);
-2. runs again, with every test that reaches it, each survivor whose run was capped (with
-   --retry-survivors: every survivor not judged equivalent, and every mutant no test reached, after
-   tests were added for them);
+2. runs again each survivor whose run was capped (with --retry-survivors: every survivor not judged
+   equivalent, and every mutant no test reached, after tests were added for them): first within 30 s
+   of its tests, then, if still capped, with every test that reaches it;
 3. stops at the deadline with SIGINT (mutmut keeps every result it has), so the next run goes on from there;
 4. writes every result to docs/mutation-results.json, from which a run that finds no `mutants/` results
    for a file (a fresh clone) starts (scripts/mutation_results.py);
@@ -47,6 +47,10 @@ CAUGHT = {1: "killed", 3: "killed", 36: "timeout", -24: "timeout", 24: "timeout"
 SURVIVED = {0: "survived", 5: "no tests", 33: "no tests"}
 #: Below this many seconds left, a further mutmut pass (clean run of the tests first) is not started.
 MIN_PASS_S = 180
+#: Survivors run again first within this much recorded test time (most capped ones are caught by a unit
+#: test just past the first budget), then those still capped with every test that reaches them (minutes
+#: each where a function is reached by many live-server tests).
+RETRY_BUDGETS_S = (30.0, 0.0)
 
 
 def prefixes(group: str) -> tuple[str, ...]:
@@ -230,12 +234,15 @@ def main(argv: list[str] | None = None) -> int:
     if finished and todo and deadline - time.monotonic() > MIN_PASS_S:
         finished = run_mutmut(todo, budget_s, deadline, args.children)
     equivalent = equivalent_mutants()
-    results, capped = load_results(args.group)
-    again = [n for n, c in results.items() if n not in equivalent
-             and ((c == 0 and n in capped) or (args.retry_survivors and c in SURVIVED))]
-    if finished and again and deadline - time.monotonic() > MIN_PASS_S:
-        print(f"\n{len(again)} survivors: again with all of their tests", flush=True)
-        run_mutmut(again, 0, deadline, args.children)
+    for retry_budget_s in RETRY_BUDGETS_S:
+        results, capped = load_results(args.group)
+        again = [n for n, c in results.items() if n not in equivalent
+                 and ((c == 0 and n in capped) or (args.retry_survivors and c in SURVIVED))]
+        if not (finished and again and deadline - time.monotonic() > MIN_PASS_S):
+            break
+        within = f"{retry_budget_s:g} s of their tests" if retry_budget_s else "all of their tests"
+        print(f"\n{len(again)} survivors: again with {within}", flush=True)
+        finished = run_mutmut(again, retry_budget_s, deadline, args.children)
     save()
     return report(args.group, args.min)
 
