@@ -1,8 +1,8 @@
 """How the supervisor counts the active runner's batches (`_on_batch`), in-process on real onnxruntime
 sessions: consecutive failures against `after_errors`, the switch time measured from the first failed
 batch (a hung one included), the recent batches kept for the return probe only when there is one,
-and a model without failover whose batch fails (a degraded runner: test_supervisor_return, whose
-backends these share)."""
+requests queued on a faulty runner moved to the next one, a model without failover whose batch fails,
+and a degraded runner serving on without walking the chain again."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 
 from hotswap.errors import BackendError
-from tests.unit import test_supervisor_return as shared
-from tests.unit.test_supervisor_return import Mendable, X, supervisor, until
+from tests.unit import supervisor_support as support
+from tests.unit.supervisor_support import Mendable, Unloadable, X, supervisor, until
 
-registry = shared.registry  # its fixtures: the backends' registry, and every test's mended Mendable
-mended = shared.mended
+registry = support.registry  # the backends' registry, and every test's mended backends
+mended = support.mended
 
 
 def test_after_errors_counts_consecutive_failures_and_the_switch_time_starts_at_the_first(tiny, registry):
@@ -121,3 +121,60 @@ def test_without_failover_a_failed_batch_fails_its_request_and_the_model_serves_
 
     np.testing.assert_allclose(asyncio.run(go())["y"], tiny.reference({"x": X})["y"], rtol=0, atol=1e-5)
 
+
+def test_requests_queued_on_a_faulty_backend_are_answered_by_the_next_entry(tiny, registry):
+    """One batch runs (and will fail) while three requests wait behind it: on the switch the waiting
+    ones move to the new runner instead of failing with the faulty one."""
+    sup = supervisor(tiny, registry, ["mendable", "onnxruntime"], batching={"max_batch_size": 1,
+                     "max_queue_delay_ms": 0, "inline_max_us": 0}, retry=False)
+    want = tiny.reference({"x": X})["y"]
+
+    async def go():
+        await sup.start()
+        Mendable.broken.set()
+        Mendable.gate = threading.Semaphore(0)
+        first = asyncio.create_task(sup.infer({"x": X}, 10.0))
+        assert await asyncio.to_thread(Mendable.entered.wait, 10)
+        waiting = [asyncio.create_task(sup.infer({"x": X}, 10.0)) for _ in range(3)]
+        await asyncio.sleep(0.05)  # queued behind the running batch
+        Mendable.gate.release()  # the first batch fails; the next one starts and waits for a permit
+        await until(lambda: sup.active.selected.label == "onnxruntime", "the switch")
+        results = await asyncio.gather(first, *waiting, return_exceptions=True)
+        Mendable.gate.release(3)  # let the abandoned call on the old runner return
+        label, state = sup.active.selected.label, sup.log.state
+        await sup.close(1)
+        return results, label, state
+
+    results, label, state = asyncio.run(go())
+    assert (label, state) == ("onnxruntime", "failed_over")
+    assert isinstance(results[0], BackendError)  # retry off: the failed batch's own request fails
+    for out in results[1:]:
+        np.testing.assert_allclose(out["y"], want, rtol=0, atol=1e-5)
+
+
+def test_with_no_later_entry_that_loads_the_faulty_backend_keeps_serving_degraded(tiny, registry, caplog):
+    sup = supervisor(tiny, registry, ["mendable", "unloadable"])
+
+    async def go():
+        await sup.start()
+        Mendable.broken.set()
+        with pytest.raises(BackendError):
+            await sup.infer({"x": X}, 10.0)
+        await until(lambda: sup.log.state == "degraded", "the switch to give up")
+        calls, attempts = Mendable.calls, Unloadable.attempts
+        for _ in range(3):
+            with pytest.raises(BackendError):  # degraded: no retries on it any more
+                await sup.infer({"x": X}, 10.0)
+        await asyncio.sleep(0.05)
+        retried, walked = Mendable.calls - calls, Unloadable.attempts - attempts
+        Mendable.broken.clear()
+        out = await sup.infer({"x": X}, 10.0)
+        summary = sup.log.summary()
+        await sup.close(1)
+        return retried, walked, out, summary
+
+    retried, walked, out, summary = asyncio.run(go())
+    assert retried == 3 and summary["reason"] == "errors; no later chain entry loads"
+    assert walked == 0, "a degraded runner's failures do not walk the chain again"
+    assert "model tiny: mendable is faulty (errors) and no later chain entry loads; it keeps serving" in caplog.text
+    np.testing.assert_allclose(out["y"], tiny.reference({"x": X})["y"], rtol=0, atol=1e-5)
