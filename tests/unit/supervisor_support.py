@@ -106,9 +106,13 @@ def registry() -> BackendRegistry:
 
 
 def supervisor(tiny, registry, backends: list[str], batching: dict | None = None, metrics: Metrics | None = None,
-               **failover) -> ModelSupervisor:
+               with_failover: bool = True, **failover) -> ModelSupervisor:
+    """A supervisor of the tiny network over `backends`, with a `failover:` section of `after_errors: 1`
+    and `failover`'s keys, or (`with_failover=False`) none."""
     model = {"name": "tiny", "source": str(tiny.onnx), "backends": [{"name": b} for b in backends],
-             "failover": {"after_errors": 1, **failover}, "batching": batching or {}}
+             "batching": batching or {}}
+    if with_failover:
+        model["failover"] = {"after_errors": 1, **failover}
     config = parse_config({"server": {"model_roots": [str(tiny.onnx.parent)]}, "models": [model]}, "test", registry)
     return ModelSupervisor(config.models[0], registry, metrics or Metrics(), drain_timeout_s=5)
 

@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from hotswap.serve.guard import BodyDeadlines, BodyTimeout, Guard
+from hotswap.serve.guard import TIMER_SLACK_S, BodyDeadlines, BodyTimeout, Guard
 from hotswap.server_config import ServerConfig
 
 
@@ -152,7 +152,6 @@ class _FrozenClockLoop(asyncio.SelectorEventLoop):
 def test_the_timer_expires_every_read_due_within_its_slack_of_now():
     """A timer may fire a clock tick before its time: when it fires, reads due up to TIMER_SLACK_S
     from now (that one included) are expired with it, not left for a timer re-armed a tick later."""
-    from hotswap.serve.guard import TIMER_SLACK_S
 
     async def go() -> list[bool]:
         deadlines = BodyDeadlines()

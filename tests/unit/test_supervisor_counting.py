@@ -86,11 +86,7 @@ def test_a_hung_batch_fails_over_at_once_timed_from_when_it_started(tiny, regist
 
 @pytest.mark.parametrize("failover, kept", [(None, 0), ({"retry": True}, 0), ({"retry_primary_after_s": 60}, 1)])
 def test_recent_batches_are_kept_only_for_a_return_probe(tiny, registry, failover, kept):
-    sup = supervisor(tiny, registry, ["onnxruntime"])
-    if failover is None:
-        sup.policy = None  # a model without a failover section
-    else:
-        sup.policy = sup.policy.model_copy(update=failover)
+    sup = supervisor(tiny, registry, ["onnxruntime"], with_failover=failover is not None, **(failover or {}))
 
     async def go():
         await sup.start()
@@ -105,13 +101,12 @@ def test_recent_batches_are_kept_only_for_a_return_probe(tiny, registry, failove
 
 
 def test_without_failover_a_failed_batch_fails_its_request_and_the_model_serves_on(tiny, registry):
-    sup = supervisor(tiny, registry, ["mendable"])
-    sup.policy = None
+    sup = supervisor(tiny, registry, ["mendable"], with_failover=False)
 
     async def go():
         await sup.start()
         Mendable.broken.set()
-        for _ in range(3):  # the first on the instance's thread, the next inline (serve/inline.py)
+        for _ in range(3):  # failed batches one after another: none stops the model serving
             with pytest.raises(BackendError, match="device lost"):
                 await sup.infer({"x": X}, 10.0)
         Mendable.broken.clear()
