@@ -181,3 +181,67 @@ def test_defs_are_lifted_into_the_components_from_nested_lists_too():
     assert components == {"A": {"type": "string"}} and "$defs" not in body
     assert body["properties"]["x"]["anyOf"][0] == {"$ref": "#/components/schemas/A"}
     assert body["properties"]["y"]["items"][0] == {"$ref": "#/components/schemas/A"}
+
+
+#: Every v2 route but infer and generate: its operation (the handler's name), the answer's schema and
+#: whether it takes a body. The response models are what generated clients decode with.
+V2_ROUTES = {
+    ("/v2", "server_metadata"): {"$ref": "#/components/schemas/ServerMetadata"},
+    ("/v2/health/live", "live"): {"$ref": "#/components/schemas/Live"},
+    ("/v2/health/ready", "ready"): {"$ref": "#/components/schemas/Ready"},
+    ("/v2/models/{model}", "model_metadata"): {"$ref": "#/components/schemas/ModelMetadata"},
+    ("/v2/models/{model}/ready", "model_ready"): {"$ref": "#/components/schemas/ModelReady"},
+    ("/v2/models/{model}/versions/{version}", "model_metadata"): {"$ref": "#/components/schemas/ModelMetadata"},
+    ("/v2/models/{model}/versions/{version}/ready", "model_ready"): {"$ref": "#/components/schemas/ModelReady"},
+    ("/v2/repository/index", "repository_index"): {"type": "array",
+                                                   "items": {"$ref": "#/components/schemas/RepositoryModel"}},
+    ("/v2/repository/models/{model}/load", "load"): {"type": "object", "additionalProperties": True},
+    ("/v2/repository/models/{model}/unload", "unload"): {"type": "object", "additionalProperties": True},
+}
+V2_ERRORS = {"400": "Bad Request", "401": "Unauthorized", "403": "Forbidden", "404": "Not Found",
+             "503": "Service Unavailable"}
+
+
+def _v2_operations(document: dict) -> dict[str, tuple[str, dict]]:
+    skipped = ("/infer", "/generate", "/generate_stream")
+    return {path: next(iter(ops.items())) for path, ops in document["paths"].items()
+            if path.startswith("/v2") and not path.endswith(skipped)}
+
+
+def test_each_v2_route_has_its_handler_method_and_answer_schema(document: dict) -> None:
+    operations = _v2_operations(document)
+    assert set(operations) == {path for path, _ in V2_ROUTES}
+    for (path, handler), schema in V2_ROUTES.items():
+        method, op = operations[path]
+        assert len(document["paths"][path]) == 1, path
+        write = path.startswith("/v2/repository")
+        assert method == ("post" if write else "get"), path
+        assert op["operationId"].startswith(f"{handler}_"), (path, op["operationId"])
+        answer = op["responses"]["200"]["content"]["application/json"]["schema"]
+        assert {k: v for k, v in answer.items() if k != "title"} == schema, path
+        assert [p["name"] for p in op.get("parameters", []) if p["in"] == "path"] == \
+            [part[1:-1] for part in path.split("/") if part.startswith("{")], path
+        assert ("requestBody" in op) == path.endswith("/load"), path
+
+
+def test_each_v2_route_documents_its_errors_and_the_load_body(document: dict) -> None:
+    for path, (_, op) in _v2_operations(document).items():
+        control = path.startswith("/v2/repository/models/")
+        expected = {**V2_ERRORS, **({"413": "Request Entity Too Large", "415": "Unsupported Media Type"}
+                                    if control else {})}
+        errors = {code: answer for code, answer in op["responses"].items() if code not in ("200", "422")}
+        assert {code: answer["description"] for code, answer in errors.items()} == expected, path
+        for answer in errors.values():
+            assert answer["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorResponse"}
+    load = document["paths"]["/v2/repository/models/{model}/load"]["post"]["requestBody"]
+    assert load["required"] is False
+    schema = load["content"]["application/json"]["schema"]
+    assert schema["title"] == "LoadRequest" and "parameters" in schema["properties"]
+
+
+def test_metrics_are_documented_as_prometheus_text(document: dict) -> None:
+    op = document["paths"]["/metrics"]["get"]
+    assert list(document["paths"]["/metrics"]) == ["get"]
+    assert op["operationId"].startswith("metrics_")
+    assert op["responses"]["200"]["content"] == {"text/plain; version=1.0.0; charset=utf-8": {}}
+    assert {code: answer["description"] for code, answer in op["responses"].items() if code != "200"} == V2_ERRORS
