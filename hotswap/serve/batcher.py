@@ -11,6 +11,7 @@ passes while queued is answered with RequestTimeout and never reaches a backend.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 
@@ -18,6 +19,8 @@ from hotswap.config import BatchingConfig
 from hotswap.errors import ModelNotReady, QueueFull, RequestTimeout
 from hotswap.models.signature import Tensors
 from hotswap.serve.batch import Batch, PendingRequest, StackKey, stack_key
+
+log = logging.getLogger("hotswap.batcher")
 
 # Adaptive delay keeps a running average of whether a batch's wait for company brought in
 # more requests (1) or not (0), and skips the wait while that average is low.
@@ -236,6 +239,10 @@ class DynamicBatcher:
         try:
             await self._run_batch(index, batch)
         except Exception as exc:  # run_batch answers its requests itself; this is a last resort
+            # Logged, not only set: after the batch was answered (an error in an on_batch consumer,
+            # such as the supervisor) no request is left to carry it.
+            log.error("batch of %d requests on worker %d: unexpected error", len(batch.requests), index,
+                      exc_info=exc)
             batch.fail(exc)
         finally:
             self._batch_done()
