@@ -2,7 +2,8 @@
 sessions: consecutive failures against `after_errors`, the switch time measured from the first failed
 batch (a hung one included), the recent batches kept for the return probe only when there is one,
 requests queued on a faulty runner moved to the next one, a model without failover whose batch fails,
-and a degraded runner serving on without walking the chain again."""
+a degraded runner serving on without walking the chain again, and a batch whose answer cannot be
+split between its requests counted as failed."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import threading
 import numpy as np
 import pytest
 
+from hotswap.backends.onnxruntime_backend import OnnxRuntimeBackend
+from hotswap.backends.registry import BackendRegistry
 from hotswap.errors import BackendError
 from tests.unit import supervisor_support as support
 from tests.unit.supervisor_support import Mendable, Unloadable, X, supervisor, until
@@ -173,3 +176,48 @@ def test_with_no_later_entry_that_loads_the_faulty_backend_keeps_serving_degrade
     assert walked == 0, "a degraded runner's failures do not walk the chain again"
     assert "model tiny: mendable is faulty (errors) and no later chain entry loads; it keeps serving" in caplog.text
     np.testing.assert_allclose(out["y"], tiny.reference({"x": X})["y"], rtol=0, atol=1e-5)
+
+
+
+class Short(OnnxRuntimeBackend):
+    """onnxruntime that answers a call of more than two rows one row short, so a batch of two
+    two-row requests cannot be split between them; while `hold` is clear each call waits for it."""
+
+    name = "short"
+    hold = threading.Event()
+    entered = threading.Event()
+
+    def run(self, inputs):
+        Short.entered.set()
+        Short.hold.wait(10)
+        answer = super().run(inputs)
+        return {k: v[:-1] for k, v in answer.items()} if len(inputs["x"]) > 2 else answer
+
+
+def test_a_batch_answered_with_too_few_rows_counts_as_a_failed_batch(tiny):
+    found = support.discover_backends()
+    registry = BackendRegistry(available={**found.available, "short": Short}, failed=dict(found.failed),
+                               distributions=dict(found.distributions))
+    sup = supervisor(tiny, registry, ["short", "onnxruntime"])
+    Short.hold.clear()
+    Short.entered.clear()
+
+    async def go():
+        await sup.start()
+        first = asyncio.create_task(sup.infer({"x": X[:1]}, 10.0))  # holds the one instance
+        await until(Short.entered.is_set, "the first call")
+        pair = [asyncio.create_task(sup.infer({"x": x}, 10.0)) for x in (X, X[::-1])]
+        await asyncio.sleep(0.1)  # both queued behind it: they leave as one four-row batch
+        Short.hold.set()
+        answers = await asyncio.gather(first, *pair)
+        history = list(sup.log.history)
+        await sup.close(1)
+        return answers, history
+
+    try:
+        answers, history = asyncio.run(go())
+    finally:
+        Short.hold.set()
+    assert [(h["from"], h["to"], h["reason"]) for h in history] == [("short", "onnxruntime", "errors")]
+    for answer, x in zip(answers, (X[:1], X, X[::-1])):  # the pair retried on the next entry, each its own rows
+        np.testing.assert_allclose(answer["y"], tiny.reference({"x": x})["y"], atol=1e-5)
