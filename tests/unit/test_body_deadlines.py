@@ -1,5 +1,6 @@
 """BodyDeadlines (hotswap/serve/guard.py): one timer for every body read waiting, each read cancelled
-at its own deadline and told apart from a cancellation that is not its deadline's."""
+at its own deadline and told apart from a cancellation that is not its deadline's; a read over in time
+forgotten (its task runs on), and one outside of a task refused."""
 
 from __future__ import annotations
 
@@ -180,3 +181,67 @@ def test_the_timer_expires_every_read_due_within_its_slack_of_now():
         assert loop.run_until_complete(go()) == [True, True, False, True, True, False]
     finally:
         loop.close()
+
+
+def test_a_read_that_ended_in_time_is_forgotten_so_its_task_runs_on_past_the_deadline():
+    async def go() -> str:
+        deadlines, loop = BodyDeadlines(), asyncio.get_running_loop()
+        task = deadlines.watch(loop.time() + 0.05)
+        assert deadlines.end(task) is False  # the body came at once; the timer armed for it still fires
+        try:
+            await asyncio.sleep(0.3)  # the request computing, long past the read's deadline
+        except asyncio.CancelledError:
+            return "cancelled though its read was over"
+        return "ran on"
+
+    assert asyncio.run(asyncio.wait_for(go(), 5)) == "ran on"
+
+
+def test_after_one_read_expired_the_same_task_s_next_read_in_time_is_not_reported_expired():
+    async def go() -> tuple[bool, bool]:
+        deadlines, loop = BodyDeadlines(), asyncio.get_running_loop()
+        task = deadlines.watch(loop.time() + 0.02)
+        try:
+            await asyncio.sleep(5)
+        except asyncio.CancelledError:
+            first = deadlines.end(task)
+        task.uncancel()
+        deadlines.watch(loop.time() + 5)
+        return first, deadlines.end(task)  # the second read's bytes came in time
+
+    assert asyncio.run(asyncio.wait_for(go(), 5)) == (True, False)
+
+
+def test_through_the_guard_a_body_read_in_time_leaves_the_request_running_past_the_deadline():
+    guard = Guard(lambda scope, receive, send: None, ServerConfig(limits={"body_timeout_s": 0.05}))  # type: ignore[arg-type, return-value]
+
+    async def at_once() -> dict:
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    async def go() -> str:
+        message = await guard._bounded({"type": "http"}, at_once)()
+        assert message["body"] == b"{}"
+        try:
+            await asyncio.sleep(0.3)  # the request computing, long past the body's deadline
+        except asyncio.CancelledError:
+            return "cancelled though its body had come"
+        return "ran on"
+
+    assert asyncio.run(asyncio.wait_for(go(), 5)) == "ran on"
+
+
+def test_a_read_outside_of_a_task_is_refused():
+    async def go() -> str:
+        loop = asyncio.get_running_loop()
+        refused = loop.create_future()
+
+        def callback() -> None:  # on the loop, but in no task: there is nothing to cancel at the deadline
+            try:
+                BodyDeadlines().watch(loop.time() + 1)
+            except RuntimeError as exc:
+                refused.set_result(str(exc))
+
+        loop.call_soon(callback)
+        return await refused
+
+    assert asyncio.run(asyncio.wait_for(go(), 5)) == "a body is read outside of a task"
