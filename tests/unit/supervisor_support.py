@@ -98,11 +98,16 @@ def mended():
     Mendable.unloadable.clear()
 
 
+def with_backends(*extra: type[OnnxRuntimeBackend]) -> BackendRegistry:
+    """The installed backends and `extra` (test backends, each under its `name`)."""
+    found = discover_backends()
+    return BackendRegistry(available={**found.available, **{cls.name: cls for cls in extra}},
+                           failed=dict(found.failed), distributions=dict(found.distributions))
+
+
 @pytest.fixture(scope="module")
 def registry() -> BackendRegistry:
-    found = discover_backends()
-    return BackendRegistry(available={**found.available, "mendable": Mendable, "unloadable": Unloadable, "late": Late},
-                           failed=dict(found.failed), distributions=dict(found.distributions))
+    return with_backends(Mendable, Unloadable, Late)
 
 
 def supervisor(tiny, registry, backends: list[str], batching: dict | None = None, metrics: Metrics | None = None,

@@ -14,10 +14,9 @@ import numpy as np
 import pytest
 
 from hotswap.backends.onnxruntime_backend import OnnxRuntimeBackend
-from hotswap.backends.registry import BackendRegistry
 from hotswap.errors import BackendError
 from tests.unit import supervisor_support as support
-from tests.unit.supervisor_support import Mendable, Unloadable, X, supervisor, until
+from tests.unit.supervisor_support import Mendable, Unloadable, X, supervisor, until, with_backends
 
 registry = support.registry  # the backends' registry, and every test's mended backends
 mended = support.mended
@@ -195,10 +194,7 @@ class Short(OnnxRuntimeBackend):
 
 
 def test_a_batch_answered_with_too_few_rows_counts_as_a_failed_batch(tiny):
-    found = support.discover_backends()
-    registry = BackendRegistry(available={**found.available, "short": Short}, failed=dict(found.failed),
-                               distributions=dict(found.distributions))
-    sup = supervisor(tiny, registry, ["short", "onnxruntime"])
+    sup = supervisor(tiny, with_backends(Short), ["short", "onnxruntime"])
     Short.hold.clear()
     Short.entered.clear()
 

@@ -11,13 +11,14 @@ import numpy as np
 import pytest
 
 from hotswap.backends.onnxruntime_backend import OnnxRuntimeBackend
-from hotswap.backends.registry import BackendRegistry, discover_backends
+from hotswap.backends.registry import discover_backends
 from hotswap.config import parse_config
 from hotswap.errors import ConfigError
 from hotswap.models.signature import Signature
 from hotswap.serve.metrics import Metrics
 from hotswap.serve.shadow import ShadowParity
 from hotswap.serve.supervisor import ModelSupervisor
+from tests.unit.supervisor_support import with_backends
 
 X = np.arange(16, dtype=np.float32).reshape(2, 8) / 10
 IO = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 8]}],
@@ -73,9 +74,7 @@ class Renamed(OnnxRuntimeBackend):
 
 
 def test_a_shadow_that_answers_by_other_names_stops_the_start_and_closes_the_primary(tiny):
-    found = discover_backends()
-    registry = BackendRegistry(available={**found.available, "renamed": Renamed}, failed=dict(found.failed),
-                               distributions=dict(found.distributions))
+    registry = with_backends(Renamed)
     model = {"name": "tiny", "source": str(tiny.onnx), "backends": [{"name": "onnxruntime"}],
              "shadow": {"backend": {"name": "renamed"}, "sample": 1.0, "nice": 0}}
     config = parse_config({"server": {"model_roots": [str(tiny.onnx.parent)]}, "models": [model]}, "test", registry)
