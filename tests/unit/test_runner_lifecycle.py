@@ -11,7 +11,7 @@ import threading
 import numpy as np
 
 from hotswap.backends.onnxruntime_backend import OnnxRuntimeBackend
-from hotswap.backends.registry import BackendRegistry
+from hotswap.backends.registry import BackendRegistry, discover_backends
 from hotswap.config import ModelConfig, parse_config
 from hotswap.serve.metrics import Metrics
 from hotswap.serve.runner import ModelRunner
@@ -104,7 +104,7 @@ def test_tokenising_counts_in_the_input_stage(minilm_source, monkeypatch):
     monkeypatch.setenv("HOTSWAP_HOME", str(minilm_source.base_dir.parents[1]))
     metrics = Metrics()
     config = ModelConfig(name="minilm", source="builtin:minilm", backends=[{"name": "onnxruntime"}])
-    runner = ModelRunner(config, support.discover_backends(), metrics)
+    runner = ModelRunner(config, discover_backends(), metrics)
     texts = np.array([" ".join(["a longer sentence, so the tokenizer has some work to do"] * 20)] * 32, dtype=object)
 
     async def go():
