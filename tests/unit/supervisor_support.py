@@ -23,8 +23,9 @@ X = np.arange(16, dtype=np.float32).reshape(2, 8) / 10
 
 
 class Mendable(OnnxRuntimeBackend):
-    """onnxruntime whose calls fail while `broken`, whose loads fail while `unloadable`, and whose
-    answers are off by `skew` (a preferred entry that loads but disagrees)."""
+    """onnxruntime whose calls fail while `broken`, whose loads fail while `unloadable`, whose
+    answers are off by `skew` (a preferred entry that loads but disagrees), and whose close waits
+    for `close_gate` when a test sets one."""
 
     name = "mendable"
     broken = threading.Event()
@@ -36,6 +37,8 @@ class Mendable(OnnxRuntimeBackend):
     loads = 0
 
     load_gate: threading.Event | None = None  # when set by a test: each load waits for it
+    close_gate: threading.Event | None = None  # when set by a test: closing waits for it
+    closed = 0
 
     def _load(self, artifact, options, declared):
         Mendable.loads += 1
@@ -53,6 +56,12 @@ class Mendable(OnnxRuntimeBackend):
         if Mendable.broken.is_set():
             raise BackendError("device lost")
         return {k: v + np.float32(Mendable.skew) for k, v in super().run(inputs).items()}
+
+    def close(self) -> None:
+        if Mendable.close_gate is not None:
+            Mendable.close_gate.wait(10)
+        Mendable.closed += 1
+        super().close()
 
 
 class Unloadable(OnnxRuntimeBackend):
@@ -89,6 +98,7 @@ def mended():
     Mendable.broken.clear()
     Mendable.unloadable.clear()
     Mendable.skew, Mendable.calls, Mendable.loads, Mendable.gate, Mendable.load_gate = 0.0, 0, 0, None, None
+    Mendable.close_gate, Mendable.closed = None, 0
     Mendable.entered.clear()
     Unloadable.attempts = 0
     Late.loadable.clear()
