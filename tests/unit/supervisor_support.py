@@ -121,7 +121,7 @@ def registry() -> BackendRegistry:
 
 
 def supervisor(tiny, registry, backends: list[str], batching: dict | None = None, metrics: Metrics | None = None,
-               with_failover: bool = True, **failover) -> ModelSupervisor:
+               with_failover: bool = True, drain_timeout_s: float = 5, **failover) -> ModelSupervisor:
     """A supervisor of the tiny network over `backends`, with a `failover:` section of `after_errors: 1`
     and `failover`'s keys, or (`with_failover=False`) none."""
     model = {"name": "tiny", "source": str(tiny.onnx), "backends": [{"name": b} for b in backends],
@@ -129,7 +129,7 @@ def supervisor(tiny, registry, backends: list[str], batching: dict | None = None
     if with_failover:
         model["failover"] = {"after_errors": 1, **failover}
     config = parse_config({"server": {"model_roots": [str(tiny.onnx.parent)]}, "models": [model]}, "test", registry)
-    return ModelSupervisor(config.models[0], registry, metrics or Metrics(), drain_timeout_s=5)
+    return ModelSupervisor(config.models[0], registry, metrics or Metrics(), drain_timeout_s=drain_timeout_s)
 
 
 async def until(condition, what: str) -> None:
