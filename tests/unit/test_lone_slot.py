@@ -1,7 +1,7 @@
 """The lone-request path: `DynamicBatcher.lone_slot` and `ModelRunner` running a request's batch of one
 in the caller's own task when it would run alone and at once through the queue anyway.
 
-Batcher cases use the recording run_batch of test_batcher (the worker path must not see a request the
+Batcher cases use the recording run_batch of batcher_support (the worker path must not see a request the
 lone path took); runner cases use the real onnxruntime backend on the tiny network.
 """
 
@@ -22,7 +22,7 @@ from hotswap.serve.batcher import PROBE_EVERY, DynamicBatcher
 from hotswap.serve.metrics import Metrics
 from hotswap.serve.runner import ModelRunner
 from hotswap.testing import TinyModels
-from tests.unit.test_batcher import Recorder, rows_of, run, start, submit, until
+from tests.unit.batcher_support import Recorder, rows_of, run, start, submit, until
 
 ANY = lambda index: True  # noqa: E731
 NONE = lambda index: False  # noqa: E731
