@@ -1,6 +1,7 @@
 """hotswap's own CPU per inference request, in-process: no HTTP, no load generator, no other process.
 
     .venv/bin/python bench/app_cost.py [--concurrency 1,64] [--requests 2000] [--windows 15]
+    .venv/bin/python bench/app_cost.py --profile [--concurrency 64] [--requests 12800]
 
 N clients in this process call the ASGI app (`create_app`) directly, each sending the tiny model's
 v2 JSON request and awaiting its answer, one after the other, as hey's connections do; the
@@ -10,18 +11,25 @@ protocol does it. The app's CPU time per request is measured over `--windows` wi
 ever adds). Each window alternates two apps side by side: `server.gc` as configured by default,
 and CPython's own collector settings (`freeze_after_load: false`, `young_threshold: 700`), so the
 ratio between them comes from one run; the collections each one made are counted too.
+
+`--profile` instead runs one window per concurrency under cProfile, with the default collector
+settings, and prints each module's share of the own time (cProfile inflates every call: read the
+shares, not the microseconds).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import gc
 import json
+import pstats
 import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,10 +91,14 @@ async def window(app, concurrency: int, requests: int) -> tuple[float, int]:
     return cpu_us, sum(s["collections"] for s in gc.get_stats()) - before
 
 
-async def measure(folder: Path, args: argparse.Namespace) -> dict:
+def tiny_model(folder: Path) -> dict:
     tiny = build_tiny_models(folder)
-    model = {"name": "tiny", "source": str(tiny.onnx), "backends": [{"name": "onnxruntime"}],
-             "batching": {"max_batch_size": 32, "max_queue_delay_ms": 2, "max_queue_size": 4096}}
+    return {"name": "tiny", "source": str(tiny.onnx), "backends": [{"name": "onnxruntime"}],
+            "batching": {"max_batch_size": 32, "max_queue_delay_ms": 2, "max_queue_size": 4096}}
+
+
+async def measure(folder: Path, args: argparse.Namespace) -> dict:
+    model = tiny_model(folder)
     results: dict = {}
     for concurrency in args.concurrency:
         samples: dict[str, list[tuple[float, int]]] = {label: [] for label in SETTINGS}
@@ -100,6 +112,42 @@ async def measure(folder: Path, args: argparse.Namespace) -> dict:
                     samples[label].append(await window(app, concurrency, args.requests))
         results[concurrency] = samples
     return results
+
+
+def module_of(filename: str, function: str) -> str:
+    """The row a function's own time is counted in: a hotswap module, a library, or a builtin."""
+    if "/hotswap/" in filename:
+        return filename.split("/hotswap/")[1].removesuffix(".py")
+    if filename == "~":  # a builtin: named by what it is, e.g. "<method 'get' of 'dict' objects>"
+        return "builtin " + function.split(" of ")[0].strip("<>")
+    if "asyncio" in filename:
+        return "asyncio"
+    if filename.endswith("app_cost.py"):
+        return "this benchmark's clients"
+    parts = filename.split("/site-packages/")
+    return parts[1].split("/")[0] if len(parts) == 2 else Path(filename).name
+
+
+async def profile(folder: Path, args: argparse.Namespace) -> None:
+    config = parse_config({"server": {"model_roots": [str(folder)]}, "models": [tiny_model(folder)]},
+                          "bench/app_cost.py")
+    for concurrency in args.concurrency:
+        app = create_app(config)
+        async with app.router.lifespan_context(app):
+            await window(app, concurrency, 200)
+            profiler = cProfile.Profile()
+            profiler.enable()
+            await window(app, concurrency, args.requests)
+            profiler.disable()
+        own: Counter[str] = Counter()
+        stats = pstats.Stats(profiler).stats  # type: ignore[attr-defined]  # {(file, line, name): (..., own s, ...)}
+        for (filename, _, function), (_, _, own_s, _, _) in stats.items():
+            own[module_of(filename, function)] += own_s
+        total = sum(own.values())
+        print(f"\nc={concurrency}: {1e6 * total / args.requests:.1f} µs own time per request under cProfile")
+        print("| module | share of own time |\n|---|---|")
+        for module, seconds in own.most_common(25):
+            print(f"| {module} | {100 * seconds / total:.1f} % |")
 
 
 def report(results: dict, requests: int) -> None:
@@ -117,6 +165,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--concurrency", default="1,64", type=lambda s: [int(c) for c in s.split(",")])
     parser.add_argument("--requests", type=int, default=2000, help="requests per window")
     parser.add_argument("--windows", type=int, default=15, help="windows per setting (min and median reported)")
+    parser.add_argument("--profile", action="store_true", help="one window per concurrency under cProfile: "
+                        "each module's share of the own time")
     return parser.parse_args()
 
 
@@ -127,7 +177,10 @@ def main() -> None:
     except ImportError:
         run = asyncio.run
     with tempfile.TemporaryDirectory() as tmp:
-        report(run(measure(Path(tmp), args)), args.requests)
+        if args.profile:
+            run(profile(Path(tmp), args))
+        else:
+            report(run(measure(Path(tmp), args)), args.requests)
 
 
 if __name__ == "__main__":
