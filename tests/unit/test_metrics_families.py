@@ -29,7 +29,8 @@ def families(metrics: Metrics) -> list[Counter | Gauge | Histogram]:
 
 
 def registered(registry: CollectorRegistry) -> set[str]:
-    """The family names the registry exposes (counters without their `_total`)."""
+    """The family names registered on `registry` (counters without their `_total`). The base class's
+    collect: a `WorkersRegistry`'s own scrape reads the shared folder, not what is registered."""
     return {family.name for family in CollectorRegistry.collect(registry)}
 
 

@@ -29,6 +29,8 @@ def sample(metrics: Metrics, name: str, **labels: str) -> float | None:
 
 
 def child_value(gauge: Gauge) -> float:
+    # The child's own value: under --workers a scrape reads the shared folder's files, which this
+    # process does not write (prometheus_client picked its in-memory values at import).
     return gauge.labels(*LABELS.values())._value.get()
 
 

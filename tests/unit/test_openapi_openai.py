@@ -1,7 +1,8 @@
 """The OpenAI-compatible embedding and model routes as the app describes and installs them
 (serve/openai_routes.py `install`, `OpenAIState`): each route's method, answer schema and OpenAI
 error answers in /openapi.json, the hand-decoded embeddings body documented, and the per-app state
-with its request counter on the app's registry. Live requests: tests/api/test_openai.py."""
+with its request counter on the app's registry. Live requests: tests/api/test_openai_tiny.py and
+test_openai_embeddings.py."""
 
 from __future__ import annotations
 

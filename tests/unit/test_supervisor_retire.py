@@ -98,7 +98,7 @@ def test_the_entry_left_for_the_recovered_one_drains_within_drain_timeout_s(tiny
         running = asyncio.create_task(sup.infer({"x": X}, 10.0))
         await until(Holding.entered.is_set, "the held request to run")
         queued = asyncio.create_task(sup.infer({"x": X}, 10.0))
-        await until(lambda: sup.active._waiting and len(sup.active._waiting) == 2, "a second request queued")
+        await until(lambda: len(sup.active._waiting) == 2, "a second request queued")
         Mendable.broken.clear()
         Mendable.unloadable.clear()
         started = time.perf_counter()
