@@ -34,6 +34,8 @@ log = logging.getLogger("hotswap.guard")
 TIMER_SLACK_S = 0.001
 OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready"})
 SCOPE_RANK = {"open": 0, "infer": 1, "admin": 2}
+#: Set in a request's `scope["extensions"]` by hotswap's HTTP protocol once the whole body is buffered.
+BODY_RECEIVED = "hotswap.body_received"
 
 
 class BodyTimeout(RequestTimeout):
@@ -125,27 +127,39 @@ class Guard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        problem = self._refusal(scope)
+        host = authorization = length = None
+        for name, value in scope["headers"]:  # the last of a repeated header counts, as in a dict of them
+            if name == b"host":
+                host = value
+            elif name == b"content-length":
+                length = value
+            elif name == b"authorization":
+                authorization = value
+        problem = self._refusal(scope["path"], host, authorization, length)
         if problem is not None:
             exc, headers = problem
             await send_error(send, exc, headers, scope["path"])
             return
-        await self.app(scope, self._bounded(scope, receive), send)
+        extensions = scope.get("extensions")
+        if length is not None and extensions and extensions.get(BODY_RECEIVED):
+            # A body of an allowed Content-Length, already all here: it can be neither too large nor late.
+            await self.app(scope, receive, send)
+        else:
+            await self.app(scope, self._bounded(scope, receive), send)
 
-    def _refusal(self, scope: Scope) -> tuple[HotswapError, list[tuple[bytes, bytes]]] | None:
-        headers = dict(scope["headers"])
+    def _refusal(self, path: str, host: bytes | None, authorization: bytes | None,
+                 length: bytes | None) -> tuple[HotswapError, list[tuple[bytes, bytes]]] | None:
         if self._hosts is not None:
-            host = headers.get(b"host", b"").decode("latin-1").lower()
-            name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
-            if name not in self._hosts:
-                return HostNotAllowed(f"Host {host!r} is not in server.allowed_hosts"), []
+            name = (host or b"").decode("latin-1").lower()
+            bare = name.rsplit(":", 1)[0] if not name.endswith("]") else name
+            if bare not in self._hosts:
+                return HostNotAllowed(f"Host {name!r} is not in server.allowed_hosts"), []
         if self._tokens:
-            needed = required_scope(scope["path"], self._metrics_scope)
+            needed = required_scope(path, self._metrics_scope)
             if needed != "open":
-                refusal = self._authorise(headers.get(b"authorization", b""), needed)
+                refusal = self._authorise(authorization or b"", needed)
                 if refusal is not None:
                     return refusal
-        length = headers.get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self._max_body):
             return PayloadTooLarge(f"body of {length.decode('latin-1')} bytes exceeds server.limits."
                                    f"max_body_bytes={self._max_body}"), []

@@ -24,6 +24,9 @@ log = logging.getLogger("hotswap.infer")
 PREFIX = "/v2/models/"
 SUFFIX = "/infer"
 HEADER_LENGTH = b"inference-header-content-length"
+#: Where hotswap's own HTTP protocol offers `answer(status, headers, body)`: a whole response in
+#: one call (serve/protocol.py). Under any other ASGI server the answer is two ASGI messages.
+ANSWER_EXTENSION = "hotswap.answer"
 
 
 def infer_target(path: str) -> tuple[str, str | None] | None:
@@ -76,7 +79,12 @@ async def read_body(receive: Receive) -> bytes:
     return b"".join(chunks)
 
 
-async def send_answer(send: Send, status: int, body: bytes, headers: dict[str, str]) -> None:
+async def send_answer(send: Send, status: int, body: bytes, headers: dict[str, str], scope: Scope) -> None:
+    extensions = scope.get("extensions")
+    answer = extensions.get(ANSWER_EXTENSION) if extensions else None
+    if answer is not None:
+        await answer(status, headers, body)
+        return
     raw = [(b"content-length", str(len(body)).encode())]
     raw += [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()]
     await send({"type": "http.response.start", "status": status, "headers": raw})
@@ -97,7 +105,7 @@ class InferEndpoint:
         elif scope["method"] != "POST":
             await send_answer(send, 405, orjson.dumps({"error": f"Method Not Allowed: {scope['method']} "
                                                                 f"{scope['path']}; expected POST"}),
-                              {"content-type": "application/json", "allow": "POST"})
+                              {"content-type": "application/json", "allow": "POST"}, scope)
         else:
             await self._infer(scope, receive, send, *target)
 
@@ -110,12 +118,12 @@ class InferEndpoint:
         except HotswapError as exc:
             extra = {"retry-after": "1"} if exc.status == 503 else {}
             await send_answer(send, exc.status, orjson.dumps({"error": str(exc)}),
-                              {"content-type": "application/json", **extra})
+                              {"content-type": "application/json", **extra}, scope)
             return
         except Exception as exc:
             # The text may hold paths or internals: it goes to the log, the client gets the type only.
             log.exception("unexpected error on %s", scope["path"])
             message = f"internal error ({type(exc).__name__}); details are in the server log"
-            await send_answer(send, 500, orjson.dumps({"error": message}), {"content-type": "application/json"})
+            await send_answer(send, 500, orjson.dumps({"error": message}), {"content-type": "application/json"}, scope)
             return
-        await send_answer(send, 200, payload, headers)
+        await send_answer(send, 200, payload, headers, scope)

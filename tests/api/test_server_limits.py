@@ -134,3 +134,63 @@ def test_connections_over_max_concurrency_get_503(registry, tiny, tmp_path_facto
                 sock.close()
         time.sleep(0.2)
         assert httpx.get(f"http://127.0.0.1:{p}/v2/health/live", timeout=10).status_code == 200
+
+
+INFER = (b"POST /v2/models/tiny/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+         b"Content-Length: 82\r\n\r\n"
+         b'{"inputs":[{"name":"x","shape":[1,8],"datatype":"FP32","data":[1,2,3,4,5,6,7,8]}]}')
+
+
+def answer(sock: socket.socket) -> tuple[bytes, bytes]:
+    """One whole response from `sock`: (status line and headers, body), read by its Content-Length."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(4096)
+        assert chunk, f"the connection closed after {data!r}"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lengths = [line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")]
+    length = int(lengths[0])
+    while len(body) < length:
+        body += sock.recv(4096)
+    return head, body
+
+
+@pytest.fixture(scope="module")
+def short_keep_alive(registry, tiny, tmp_path_factory) -> Iterator[int]:
+    with hotswap_server(registry, tiny, tmp_path_factory, {"keep_alive_s": 0.5, "header_timeout_s": 5}) as p:
+        yield p
+
+
+def test_an_idle_connection_closes_keep_alive_s_after_its_last_answer(short_keep_alive):
+    """keep_alive_s counts from the last answer, and is not stretched to the header deadline (5 s)."""
+    with socket.create_connection(("127.0.0.1", short_keep_alive)) as sock:
+        for _ in range(3):  # each answer gives the connection another keep_alive_s
+            sock.sendall(INFER)
+            head, body = answer(sock)
+            assert head.startswith(b"HTTP/1.1 200") and b'"outputs"' in body
+            time.sleep(0.3)
+        waited = closed_after(sock, 4)
+    assert waited is not None, "the idle connection was still open after 4 s"
+    assert 0.1 <= waited < 2.0, waited
+
+
+def test_the_infer_answer_is_one_http_response_with_uvicorns_headers(port):
+    """A 200, a 404 and a HEAD's 405 on one kept-alive connection: each answer whole, with the date
+    and server headers and an exact Content-Length; the HEAD's without its body."""
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(INFER)
+        head, body = answer(sock)
+        lines = head.lower().split(b"\r\n")
+        assert lines[0] == b"http/1.1 200 ok"
+        assert {b"server: uvicorn", b"content-type: application/json", b"content-length: %d" % len(body)} <= set(lines)
+        assert any(line.startswith(b"date: ") for line in lines) and b'"model_name":"tiny"' in body
+        sock.sendall(INFER.replace(b"/tiny/", b"/nope/"))
+        head, body = answer(sock)
+        assert head.startswith(b"HTTP/1.1 404 Not Found") and b"nope" in body
+        sock.sendall(b"HEAD /v2/models/tiny/infer HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        head = sock.recv(4096)
+        assert head.startswith(b"HTTP/1.1 405 Method Not Allowed") and head.endswith(b"\r\n\r\n")
+        assert b"allow: POST" in head and b"content-length: 0" not in head.lower()
+        sock.sendall(INFER)  # the HEAD left no stray body bytes on the connection
+        assert answer(sock)[0].startswith(b"HTTP/1.1 200")

@@ -9,7 +9,7 @@ import asyncio
 import pytest
 from starlette.types import Message, Receive, Scope, Send
 
-from hotswap.serve.guard import Guard
+from hotswap.serve.guard import BODY_RECEIVED, Guard
 from tests.unit.mutants_serve_support import Client, _call, _chunk, _guard_error, _reached, _scope, _server
 
 # --- guard: Content-Length -----------------------------------------------------------------------------------------
@@ -79,3 +79,38 @@ def test_a_disconnect_before_the_whole_body_is_client_closed():
 def test_a_body_that_does_not_come_in_time_is_408():
     assert _read_through_guard([_chunk(10, True)], timeout_s=0.05, disconnect=False) == [
         ("BodyTimeout", "request body not received within server.limits.body_timeout_s=0.05")]
+
+
+# --- guard: a body the server says is all here ---------------------------------------------------------------------
+
+
+def _receive_seen(headers: list[tuple[bytes, bytes]], extensions: dict, chunks: list[Message]) -> tuple[bool, list]:
+    """(whether the app got the server's own receive, what the app read) through a 1 KiB guard."""
+    seen: list = []
+    record: list = []
+    client = Client(chunks, then_disconnect=True)
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        seen.append(receive == client.receive)
+        await _reader(record)(scope, receive, send)
+
+    guard = Guard(app, _server(limits={"max_body_bytes": 1024}))
+    scope = {**_scope("/v2/models/tiny/infer", headers=headers), "extensions": extensions}
+    asyncio.run(guard(scope, client.receive, client.send))
+    return seen[0], record
+
+
+def test_a_body_received_whole_with_an_allowed_length_reaches_the_app_unwrapped():
+    unwrapped, record = _receive_seen([(b"content-length", b"1024")], {BODY_RECEIVED: True}, [_chunk(1024, False)])
+    assert unwrapped and record == [("body", 1024), ("after", "http.disconnect")]
+
+
+@pytest.mark.parametrize(("headers", "extensions"), [
+    ([], {BODY_RECEIVED: True}),  # chunked: only counting bounds it, however it arrived
+    ([(b"content-length", b"1024")], {}),  # not all here yet: the body deadline still runs
+    ([(b"content-length", b"1024")], {BODY_RECEIVED: False}),
+])
+def test_any_other_body_is_read_through_the_bounds(headers, extensions):
+    unwrapped, record = _receive_seen(headers, extensions, [_chunk(1000, True), _chunk(25, False)])
+    assert not unwrapped
+    assert record == [("PayloadTooLarge", "body exceeds server.limits.max_body_bytes=1024")]

@@ -86,7 +86,7 @@ def test_read_body_says_when_the_client_left_before_the_end(chunks):
 
 def test_send_answer_lower_cases_header_names_after_the_length():
     client = Client([])
-    asyncio.run(send_answer(client.send, 201, b"{}", {"Content-Type": "application/json", "X-Thing": "\xe9"}))
+    asyncio.run(send_answer(client.send, 201, b"{}", {"Content-Type": "application/json", "X-Thing": "\xe9"}, {}))
     assert client.sent == _answer(201, b"{}", JSON, (b"x-thing", b"\xe9"))
 
 

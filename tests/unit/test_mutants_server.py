@@ -11,7 +11,8 @@ import uvicorn
 from uvicorn.protocols.http.flow_control import service_unavailable
 
 from hotswap.config import ServerConfig
-from hotswap.serve.server import ANSWER_MARGIN_S, HeaderDeadlineProtocol, HotswapServer, over_capacity, uvicorn_config
+from hotswap.serve.protocol import DeadlineProtocol, over_capacity
+from hotswap.serve.server import ANSWER_MARGIN_S, HotswapServer, uvicorn_config
 
 
 def test_the_over_capacity_answer_is_hotswaps_json_503_read_whole():
@@ -34,7 +35,7 @@ def test_the_over_capacity_answer_is_hotswaps_json_503_read_whole():
     ]
 
 
-class Unconnected(HeaderDeadlineProtocol):
+class Unconnected(DeadlineProtocol):
     """The protocol without a connection: only its _start_asgi_task is exercised."""
 
     def __init__(self) -> None:
@@ -59,7 +60,7 @@ def test_the_protocol_swaps_uvicorns_plain_503_for_its_own_and_leaves_other_apps
 def test_uvicorn_config_carries_the_server_limits():
     server = ServerConfig(port=9123, limits={"max_concurrency": 5, "header_timeout_s": 3, "keep_alive_s": 4})
     config = uvicorn_config(object(), server)
-    assert issubclass(config.http, HeaderDeadlineProtocol) and config.http.header_timeout_s == 3
+    assert issubclass(config.http, DeadlineProtocol) and config.http.header_timeout_s == 3
     assert config.limit_concurrency == 5 and config.timeout_keep_alive == 4 and config.port == 9123
     assert config.timeout_graceful_shutdown == server.graceful_timeout_s and config.interface == "asgi3"
     assert not config.proxy_headers and not config.access_log and config.h11_max_incomplete_event_size == 65536
