@@ -15,7 +15,7 @@ StackKey = tuple[tuple[str, str, tuple[int, ...]], ...]
 """(name, dtype, non-batch dims) per input: requests with equal keys stack along dim 0."""
 
 
-@dataclass(eq=False)  # identity equality and hashing: requests are set and dict members
+@dataclass(eq=False, slots=True)  # identity equality and hashing: requests are set and dict members
 class PendingRequest:
     """One request waiting for (or in) a batch; `future` resolves to its own output rows.
 

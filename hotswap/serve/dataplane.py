@@ -67,7 +67,7 @@ class InferenceCall:
         self.runner = supervisor.serving()
         if timeout_s is None:
             timeout_s = default_timeout_s(supervisor.config)
-        async with CancelOnDisconnect(scope, receive):
+        with CancelOnDisconnect(scope, receive):
             return await supervisor.infer(inputs, timeout_s, self._limits, self._track)
 
     def _track(self, runner: ModelRunner) -> None:

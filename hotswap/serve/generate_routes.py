@@ -92,7 +92,7 @@ async def generate(request: Request) -> Response:
     call, generation, request_id = await _start(request)
     pieces, finish = [], None
     try:
-        async with CancelOnDisconnect(request.scope, request.receive):
+        with CancelOnDisconnect(request.scope, request.receive):
             async for chunk in generation.chunks():
                 pieces.append(chunk.text)
                 finish = chunk.finish

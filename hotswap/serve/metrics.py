@@ -24,6 +24,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from hotswap.errors import HotswapError
+from hotswap.serve.tally import LocalCounter, LocalHistogram, TallyFlusher
 from hotswap.serve.workers import MULTIPROC_ENV
 
 LABELS = ("model", "version", "backend", "device")
@@ -63,6 +64,10 @@ class Metrics:
         self.workers: WorkersRegistry | None = WorkersRegistry(path) if path and registry is None else None
         self.registry = registry or self.workers or CollectorRegistry()
         r = self.registry
+        #: Folds the per-request tallies into their children at each scrape (serve/tally.py); in-process only.
+        self.flusher = TallyFlusher() if self.workers is None else None
+        if self.flusher is not None:
+            r.register(self.flusher)  # before every family: a collect runs it first
         self.request_success = Counter("hotswap_request_success", "Inference requests answered successfully",
                                        LABELS, registry=r)
         self.request_failure = Counter("hotswap_request_failure", "Inference requests that failed, by reason",
@@ -167,12 +172,21 @@ class ModelSeries:
         self._refresh: Callable[[], None] | None = None
         self._pending: tuple[list[Sized], Sized] | None = None
         self._counted = True  # pending counted per request; False once it reads a waiting set (kept past retire)
-        self.success = metrics.request_success.labels(*values)
         self.inference_count = metrics.inference_count.labels(*values)
         self.execution_count = metrics.execution_count.labels(*values)
         self.pending = metrics.pending_requests.labels(*values)
-        self.request_duration = metrics.request_duration.labels(*values)
-        self.queue_duration = metrics.queue_duration.labels(*values)
+        # Updated on every request: tallied in-process (serve/tally.py), the children themselves under workers.
+        self._children = (metrics.request_success.labels(*values), metrics.request_duration.labels(*values),
+                          metrics.queue_duration.labels(*values))
+        self.success: Counter | LocalCounter = self._children[0]
+        self.request_duration: Histogram | LocalHistogram = self._children[1]
+        self.queue_duration: Histogram | LocalHistogram = self._children[2]
+        self._tallies: tuple[LocalCounter, LocalHistogram, LocalHistogram] | None = None
+        if metrics.flusher is not None:
+            self._tallies = (LocalCounter(self._children[0]), LocalHistogram(self._children[1]),
+                             LocalHistogram(self._children[2]))
+            self.success, self.request_duration, self.queue_duration = self._tallies
+            metrics.flusher.tallies.extend(self._tallies)
         self.compute_input = metrics.compute_input_duration.labels(*values)
         self.compute_infer = metrics.compute_infer_duration.labels(*values)
         self.compute_output = metrics.compute_output_duration.labels(*values)
@@ -260,6 +274,12 @@ class ModelSeries:
             if self._metrics.hold(gauge, labels, -1) <= 0:  # no newer runner holds the same labels
                 gauge.labels(*labels).set(0)
         self._held = []
+        flusher = self._metrics.flusher
+        if self._tallies is not None and flusher is not None:
+            # Requests still in flight may finish on this series: from now on they update the children.
+            flusher.forget(*self._tallies)
+            self.success, self.request_duration, self.queue_duration = self._children
+            self._tallies = None
         if self._pending is not None:
             sources, waiting = self._pending
             sources[:] = [s for s in sources if s is not waiting]

@@ -177,7 +177,7 @@ async def _whole(request: Request, completion: _Completion) -> Response:
     pieces: list[str] = []
     last: Chunk | None = None
     try:
-        async with CancelOnDisconnect(request.scope, request.receive):
+        with CancelOnDisconnect(request.scope, request.receive):
             async for chunk in completion.generation.chunks():
                 pieces.append(chunk.text)
                 last = chunk

@@ -38,7 +38,7 @@ def test_signal_of_reads_the_scope_extension():
 
 
 async def _guarded(scope: Scope | None, receive: Receive | None, work_s: float) -> str:
-    async with CancelOnDisconnect(scope, receive):
+    with CancelOnDisconnect(scope, receive):
         await asyncio.sleep(work_s)
         return "done"
 
