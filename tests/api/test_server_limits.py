@@ -194,3 +194,17 @@ def test_the_infer_answer_is_one_http_response_with_uvicorns_headers(port):
         assert b"allow: POST" in head and b"content-length: 0" not in head.lower()
         sock.sendall(INFER)  # the HEAD left no stray body bytes on the connection
         assert answer(sock)[0].startswith(b"HTTP/1.1 200")
+
+
+def test_pipelined_requests_are_each_answered_whole_and_in_order(port):
+    """Three requests in one write, the second for a model that does not exist: three answers, in order."""
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(INFER + INFER.replace(b"/tiny/", b"/nope/") + INFER)
+        reader = sock.makefile("rb")
+        statuses = []
+        for _ in range(3):
+            status = reader.readline()
+            headers = dict(line.rstrip(b"\r\n").lower().split(b": ", 1) for line in iter(reader.readline, b"\r\n"))
+            body = reader.read(int(headers[b"content-length"]))
+            statuses.append((status.split(b" ")[1], b"nope" in body, b'"outputs"' in body))
+    assert statuses == [(b"200", False, True), (b"404", True, False), (b"200", False, True)]
