@@ -7,6 +7,7 @@ import asyncio
 import signal
 
 import orjson
+import pytest
 import uvicorn
 from uvicorn.protocols.http.flow_control import service_unavailable
 
@@ -61,6 +62,7 @@ def test_uvicorn_config_carries_the_server_limits():
     server = ServerConfig(port=9123, limits={"max_concurrency": 5, "header_timeout_s": 3, "keep_alive_s": 4})
     config = uvicorn_config(object(), server)
     assert issubclass(config.http, DeadlineProtocol) and config.http.header_timeout_s == 3
+    assert config.http.__name__ == "HotswapHttpProtocol"  # what a traceback from a connection names
     assert config.limit_concurrency == 5 and config.timeout_keep_alive == 4 and config.port == 9123
     assert config.timeout_graceful_shutdown == server.graceful_timeout_s and config.interface == "asgi3"
     assert not config.proxy_headers and not config.access_log and config.h11_max_incomplete_event_size == 65536
@@ -104,3 +106,26 @@ def test_shutdown_answers_the_waiting_just_before_uvicorns_deadline(monkeypatch)
     after = asyncio.run(scenario())
     # Not before the grace period less the margin; and while uvicorn's drain (0.8 s here) still runs.
     assert 1 - ANSWER_MARGIN_S - 0.01 <= after < 0.8, after
+
+
+@pytest.mark.parametrize("grace", [0, None])
+def test_without_a_grace_period_the_waiting_are_answered_at_once_and_the_sockets_go_to_uvicorn(monkeypatch, grace):
+    plane = Plane()
+    server = HotswapServer(uvicorn.Config(object(), timeout_graceful_shutdown=grace), plane)  # type: ignore[arg-type]
+    closed: list = []
+
+    async def slow_shutdown(self, sockets=None) -> None:
+        closed.append(sockets)
+        await asyncio.sleep(0.3)
+
+    monkeypatch.setattr(uvicorn.Server, "shutdown", slow_shutdown)
+    listening = [object()]  # the worker's inherited socket under --workers: uvicorn closes what it is given
+
+    async def scenario() -> float:
+        began = asyncio.get_running_loop().time()
+        await server.shutdown(listening)  # type: ignore[arg-type]
+        assert plane.abandoned_at is not None
+        return plane.abandoned_at - began
+
+    assert asyncio.run(scenario()) < 0.1
+    assert closed == [listening]
