@@ -51,6 +51,8 @@ async def exchange(*parts: bytes) -> tuple[dict, bytes]:
         answer += await asyncio.wait_for(loop.sock_recv(theirs, 4096), 5)
     transport.close()
     theirs.close()
+    await asyncio.sleep(0.01)  # connection_lost runs on the loop
+    seen["timer_after_close"] = protocol._timer
     return seen, answer
 
 
@@ -59,6 +61,7 @@ def test_a_body_sent_with_its_headers_is_marked_received_before_the_app_runs():
     assert seen["received_at_start"] is True and seen["body"] == BODY
     assert isinstance(seen["signal"], DisconnectSignal) and not seen["signal"].fired
     assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and b"content-type: text/plain\r\ncontent-length: 2\r\n" in answer
+    assert seen["timer_after_close"] is None, "a closed connection keeps no deadline timer"
 
 
 def test_a_body_that_follows_its_headers_is_marked_only_once_it_is_all_here():

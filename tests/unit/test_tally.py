@@ -42,7 +42,9 @@ def test_a_tallied_histogram_scrapes_as_one_observed_directly():
     assert samples(registry, "tallied")[("tallied_count", ())] == len(AMOUNTS)
     assert samples(registry, "tallied") == samples(registry, "tallied")  # a second scrape adds nothing
     local.observe(0.003)
-    assert samples(registry, "tallied")[("tallied_bucket", (("le", "0.005"),))] == 6  # five before it, cumulative
+    after = samples(registry, "tallied")
+    assert after[("tallied_bucket", (("le", "0.005"),))] == 6  # five before it, cumulative
+    assert after[("tallied_sum", ())] == pytest.approx(sum(AMOUNTS) + 0.003, abs=1e-12)
 
 
 def test_a_tallied_counter_adds_what_was_counted_once():
