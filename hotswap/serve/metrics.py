@@ -65,9 +65,7 @@ class Metrics:
         self.registry = registry or self.workers or CollectorRegistry()
         r = self.registry
         #: Folds the per-request tallies into their children at each scrape (serve/tally.py); in-process only.
-        self.flusher = TallyFlusher() if self.workers is None else None
-        if self.flusher is not None:
-            r.register(self.flusher)  # before every family: a collect runs it first
+        self.flusher = self._tally_flusher(r)
         self.request_success = Counter("hotswap_request_success", "Inference requests answered successfully",
                                        LABELS, registry=r)
         self.request_failure = Counter("hotswap_request_failure", "Inference requests that failed, by reason",
@@ -119,6 +117,13 @@ class Metrics:
         self._held: Tally[tuple[Gauge, tuple[str, ...]]] = Tally()
         # In-process pending gauges read their runners' waiting sets at scrape time (ModelSeries.count_pending).
         self._pending: dict[tuple[str, ...], list[Sized]] = {}
+
+    def _tally_flusher(self, r: CollectorRegistry) -> TallyFlusher | None:
+        if self.workers is not None:
+            return None
+        flusher = TallyFlusher()
+        r.register(flusher)  # before every family: a collect runs it first
+        return flusher
 
     def _resilience_families(self, r: CollectorRegistry) -> None:
         """Failover and shadow parity (serve/supervisor.py, serve/shadow.py)."""
