@@ -170,6 +170,16 @@ def parse_hey(text: str) -> dict:
     }
 
 
+def thread_cpu_seconds(pid: int, tid: int | None = None) -> float:
+    """user+sys CPU seconds of one thread of `pid` (default its main thread: the event loop's
+    in a hotswap server), 0.0 once it is gone."""
+    try:
+        parts = Path(f"/proc/{pid}/task/{tid or pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(parts[11]) + int(parts[12])) / CLK
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 def run_hey(url: str, body_file: Path, concurrency: int, seconds: float, cpus: str | None,
             server_pid: int | None = None, content_type: str = "application/json",
             headers: dict[str, str] | None = None) -> dict:
@@ -181,10 +191,12 @@ def run_hey(url: str, body_file: Path, concurrency: int, seconds: float, cpus: s
         cmd = ["taskset", "-c", cpus, "hey", "-cpus", str(len(cpus.split(","))), *cmd[1:]]
     before_children = resource.getrusage(resource.RUSAGE_CHILDREN)
     srv0 = tree_cpu_seconds(server_pid) if server_pid else 0.0
+    main0 = thread_cpu_seconds(server_pid) if server_pid else 0.0
     b0, t0 = busy_cores_total()
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 120)
     b1, t1 = busy_cores_total()
     srv1 = tree_cpu_seconds(server_pid) if server_pid else 0.0
+    main1 = thread_cpu_seconds(server_pid) if server_pid else 0.0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if out.returncode != 0:
         raise RuntimeError(f"hey failed ({out.returncode}): {out.stderr[-2000:]}")
@@ -192,7 +204,7 @@ def run_hey(url: str, body_file: Path, concurrency: int, seconds: float, cpus: s
     wall = t1 - t0
     hey_cpu = (after.ru_utime + after.ru_stime - before_children.ru_utime - before_children.ru_stime) / wall
     res.update(concurrency=concurrency, seconds=seconds, wall_s=wall, hey_cpu=hey_cpu,
-               server_cpu=(srv1 - srv0) / wall, total_cpu=(b1 - b0) / wall)
+               server_cpu=(srv1 - srv0) / wall, main_thread_cpu=(main1 - main0) / wall, total_cpu=(b1 - b0) / wall)
     res["background_cpu"] = max(0.0, res["total_cpu"] - res["server_cpu"] - hey_cpu) if server_pid else None
     return res
 

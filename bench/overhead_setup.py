@@ -23,6 +23,11 @@ from harness import BENCH, REPO, Server, free_port
 LOGS = BENCH / "logs"
 BATCH, DELAY_MS = 32, 2.0
 BATCHED, UNBATCHED = f"on ({BATCH}, {DELAY_MS:g} ms)", "off (1)"
+#: MiniLM also as `instances: 2` (one onnxruntime thread each on two cores) with batches of 16:
+#: the c=32 clients split between two batches, so one computes while the other's answers go out
+#: and its next requests come in and are tokenised; the raw loop gets the same two-loop variant.
+INSTANCES = 2
+SPLIT = f"on ({BATCH // INSTANCES}, {DELAY_MS:g} ms) × {INSTANCES} instances"
 X = [0.5] * 8
 #: About 8, 24 and 128 MiniLM tokens, counting [CLS] and [SEP] (the exact counts go into the results).
 TEXTS = {8: "How do I reset my password",
@@ -43,6 +48,7 @@ class Endpoint:
     check: Callable[[dict], bool]      # the decoded response is right
     content_type: str = "application/json"
     headers: dict[str, str] = field(default_factory=dict)
+    loops: int = 1                     # raw MiniLM: concurrent loops, each on BATCH // loops copies
 
 
 @dataclass
@@ -119,6 +125,12 @@ def _hotswap_minilm(ctx: dict) -> tuple[Server, str]:
     return target.server, _base(target.url)
 
 
+def _hotswap_minilm_split(ctx: dict) -> tuple[Server, str]:
+    target = servers.hotswap(ctx["tmp"], LOGS, TEXTS[8], BATCH // INSTANCES, DELAY_MS, None,
+                             extra={"instances": INSTANCES}, label="hotswap-minilm-split")
+    return target.server, _base(target.url)
+
+
 def contenders(ctx: dict, only: str, peers: bool) -> list[Contender]:
     """Everything to measure, in the order of the report; `only` is "tiny", "minilm" or "all"."""
     y_ok = lambda r: _close(_v2_output(r, "y"), ctx.get("y_ref"))  # noqa: E731
@@ -142,11 +154,24 @@ def contenders(ctx: dict, only: str, peers: bool) -> list[Contender]:
                         "LitServe", "tiny", "LitServe JSON", BATCHED, "/predict", json.dumps({"x": X}).encode(),
                         both, lambda r: _close(r["y"], ctx.get("y_ref")))])]
     if only in ("minilm", "all"):
-        ok = lambda r: len(r["outputs"][0]["data"]) == 384  # noqa: E731
-        out += [Contender("hotswap-minilm", _hotswap_minilm, [
-                    Endpoint(f"hotswap MiniLM {n} tok", f"minilm-{n}", "JSON", BATCHED, "/v2/models/minilm/infer",
-                             body("minilm", text), (32,), ok) for n, text in TEXTS.items()]),
-                Contender("raw", None, [Endpoint(f"raw MiniLM {n} tok", f"minilm-{n}", "in-process",
-                                                 f"batch {BATCH}", "", text.encode(), (32,), bool)
-                                        for n, text in TEXTS.items()])]
+        out += minilm_contenders()
     return out
+
+
+def minilm_contenders() -> list[Contender]:
+    """hotswap's MiniLM with one instance and with INSTANCES, and the raw loop alike."""
+    ok = lambda r: len(r["outputs"][0]["data"]) == 384  # noqa: E731
+    path = "/v2/models/minilm/infer"
+    split = f"{INSTANCES} instances"
+    return [Contender("hotswap-minilm", _hotswap_minilm, [
+                Endpoint(f"hotswap MiniLM {n} tok", f"minilm-{n}", "JSON", BATCHED, path, body("minilm", text),
+                         (32,), ok) for n, text in TEXTS.items()]),
+            Contender("hotswap-minilm-split", _hotswap_minilm_split, [
+                Endpoint(f"hotswap MiniLM {n} tok, {split}", f"minilm-{n}", "JSON", SPLIT, path,
+                         body("minilm", text), (32,), ok) for n, text in TEXTS.items()]),
+            Contender("raw", None, [Endpoint(f"raw MiniLM {n} tok", f"minilm-{n}", "in-process", f"batch {BATCH}",
+                                             "", text.encode(), (32,), bool) for n, text in TEXTS.items()]),
+            Contender("raw-split", None, [
+                Endpoint(f"raw MiniLM {n} tok, {INSTANCES} loops", f"minilm-{n}", "in-process",
+                         f"batch {BATCH // INSTANCES} × {INSTANCES} loops", "", text.encode(), (32,), bool,
+                         loops=INSTANCES) for n, text in TEXTS.items()])]
