@@ -55,16 +55,21 @@ def _children() -> dict[int, list[int]]:
     return kids
 
 
+def _stat_cpu_seconds(stat: Path) -> float:
+    """user+sys CPU seconds from a /proc .../stat file; 0.0 once its process or thread is gone."""
+    try:
+        parts = stat.read_text().rsplit(")", 1)[1].split()
+        return (int(parts[11]) + int(parts[12])) / CLK
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 def tree_cpu_seconds(pid: int) -> float:
     """user+sys CPU seconds of `pid` and all its live descendants."""
     kids, total, stack = _children(), 0.0, [pid]
     while stack:
         p = stack.pop()
-        try:
-            parts = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(parts[11]) + int(parts[12])) / CLK
-        except (OSError, IndexError, ValueError):
-            pass
+        total += _stat_cpu_seconds(Path(f"/proc/{p}/stat"))
         stack.extend(kids.get(p, []))
     return total
 
@@ -170,14 +175,9 @@ def parse_hey(text: str) -> dict:
     }
 
 
-def thread_cpu_seconds(pid: int, tid: int | None = None) -> float:
-    """user+sys CPU seconds of one thread of `pid` (default its main thread: the event loop's
-    in a hotswap server), 0.0 once it is gone."""
-    try:
-        parts = Path(f"/proc/{pid}/task/{tid or pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(parts[11]) + int(parts[12])) / CLK
-    except (OSError, IndexError, ValueError):
-        return 0.0
+def main_thread_cpu_seconds(pid: int) -> float:
+    """user+sys CPU seconds of `pid`'s main thread (in a hotswap server, its event loop's)."""
+    return _stat_cpu_seconds(Path(f"/proc/{pid}/task/{pid}/stat"))
 
 
 def run_hey(url: str, body_file: Path, concurrency: int, seconds: float, cpus: str | None,
@@ -191,12 +191,12 @@ def run_hey(url: str, body_file: Path, concurrency: int, seconds: float, cpus: s
         cmd = ["taskset", "-c", cpus, "hey", "-cpus", str(len(cpus.split(","))), *cmd[1:]]
     before_children = resource.getrusage(resource.RUSAGE_CHILDREN)
     srv0 = tree_cpu_seconds(server_pid) if server_pid else 0.0
-    main0 = thread_cpu_seconds(server_pid) if server_pid else 0.0
+    main0 = main_thread_cpu_seconds(server_pid) if server_pid else 0.0
     b0, t0 = busy_cores_total()
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 120)
     b1, t1 = busy_cores_total()
     srv1 = tree_cpu_seconds(server_pid) if server_pid else 0.0
-    main1 = thread_cpu_seconds(server_pid) if server_pid else 0.0
+    main1 = main_thread_cpu_seconds(server_pid) if server_pid else 0.0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if out.returncode != 0:
         raise RuntimeError(f"hey failed ({out.returncode}): {out.stderr[-2000:]}")

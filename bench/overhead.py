@@ -82,16 +82,12 @@ def measure(url: str, ep: setup.Endpoint, c: int, args: argparse.Namespace, pid:
     per_req = res["wall_s"] / res["ok"] * 1e6 if res["ok"] else None
     res["cpu_us"] = res["server_cpu"] * per_req if per_req else None
     # hotswap's event loop is its main thread (with one worker); batches run on instance threads
-    res["main_thread_us"] = res["main_thread_cpu"] * per_req if per_req and url_is_hotswap(ep) else None
+    res["main_thread_us"] = res["main_thread_cpu"] * per_req if per_req and ep.name.startswith("hotswap") else None
     if c == 1 and not args.no_wrk and shutil.which("wrk"):  # the same point again, timed to the µs
         wrk = run_wrk(url, body_file, c, args.seconds, args.hey_cpus or None, ep.content_type, ep.headers)
         res.update(wrk_p50_ms=wrk["p50_ms"], wrk_p99_ms=wrk["p99_ms"], wrk_rps=wrk["rps"])
         res["non_200"] += wrk["non_2xx"]
     return res
-
-
-def url_is_hotswap(ep: setup.Endpoint) -> bool:
-    return ep.name.startswith("hotswap")
 
 
 def measure_raw(ep: setup.Endpoint, args: argparse.Namespace, ctx: dict) -> dict:
@@ -187,7 +183,7 @@ def targets(stat: dict) -> list[dict]:
         p50_ms, base = p50(name), p50(bare)
         add(f"tiny c=1: {name} p50 − bare p50, ms", None if p50_ms is None or base is None else p50_ms - base,
             "<=", 0.15 if name == hs else None)
-    split = f"{setup.INSTANCES} instances"
+    split = setup.SPLIT
     for n in setup.TEXTS:
         served, raw, goal = f"hotswap MiniLM {n} tok", f"raw MiniLM {n} tok", 1.0 if n == 8 else 0.9
         add(f"MiniLM {n} tokens c=32: served ÷ raw (batch 32), texts/s", ratio(get(served, 32), get(raw, 32)),
@@ -214,7 +210,7 @@ def _fmt(x: float | None, digits: int = 2) -> str:
 
 def print_tables(rows: list[dict], tgts: list[dict], args: argparse.Namespace) -> None:
     print(f"\n{args.rounds} round(s) of {args.seconds:g} s points, medians; hey pinned to CPU "
-          f"{args.hey_cpus or '(none)'}, servers not pinned; raw rows: texts/s and latency per batch of 32.\n")
+          f"{args.hey_cpus or '(none)'}, servers not pinned; raw rows: texts/s and latency per batch.\n")
     print("| workload | server | body | batching | c | req/s | p50 ms | p99 ms | wrk p50 ms | non-200 "
           "| server CPU µs/req | of which event loop |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")

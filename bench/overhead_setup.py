@@ -27,7 +27,8 @@ BATCHED, UNBATCHED = f"on ({BATCH}, {DELAY_MS:g} ms)", "off (1)"
 #: the c=32 clients split between two batches, so one computes while the other's answers go out
 #: and its next requests come in and are tokenised; the raw loop gets the same two-loop variant.
 INSTANCES = 2
-SPLIT = f"on ({BATCH // INSTANCES}, {DELAY_MS:g} ms) × {INSTANCES} instances"
+SPLIT = f"{INSTANCES} instances"  # the rows' name suffix
+SPLIT_BATCHING = f"on ({BATCH // INSTANCES}, {DELAY_MS:g} ms) × {SPLIT}"
 X = [0.5] * 8
 #: About 8, 24 and 128 MiniLM tokens, counting [CLS] and [SEP] (the exact counts go into the results).
 TEXTS = {8: "How do I reset my password",
@@ -162,12 +163,11 @@ def minilm_contenders() -> list[Contender]:
     """hotswap's MiniLM with one instance and with INSTANCES, and the raw loop alike."""
     ok = lambda r: len(r["outputs"][0]["data"]) == 384  # noqa: E731
     path = "/v2/models/minilm/infer"
-    split = f"{INSTANCES} instances"
     return [Contender("hotswap-minilm", _hotswap_minilm, [
                 Endpoint(f"hotswap MiniLM {n} tok", f"minilm-{n}", "JSON", BATCHED, path, body("minilm", text),
                          (32,), ok) for n, text in TEXTS.items()]),
             Contender("hotswap-minilm-split", _hotswap_minilm_split, [
-                Endpoint(f"hotswap MiniLM {n} tok, {split}", f"minilm-{n}", "JSON", SPLIT, path,
+                Endpoint(f"hotswap MiniLM {n} tok, {SPLIT}", f"minilm-{n}", "JSON", SPLIT_BATCHING, path,
                          body("minilm", text), (32,), ok) for n, text in TEXTS.items()]),
             Contender("raw", None, [Endpoint(f"raw MiniLM {n} tok", f"minilm-{n}", "in-process", f"batch {BATCH}",
                                              "", text.encode(), (32,), bool) for n, text in TEXTS.items()]),
