@@ -7,7 +7,7 @@ model runs where it runs. A chain of one entry is strict: its reason is the erro
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -44,6 +44,13 @@ class Selection:
     @property
     def label(self) -> str:
         return self.entry.label()
+
+    def shifted(self, offset: int) -> Selection:
+        """This selection with every position `offset` further (a chain walked from entry `offset` on)."""
+        if not offset:
+            return self
+        skipped = [replace(s, position=s.position + offset) for s in self.skipped]
+        return replace(self, position=self.position + offset, skipped=skipped)
 
 
 def _prepare_entry(entry: BackendEntry, registry: BackendRegistry,

@@ -3,9 +3,11 @@
 Each worker owns one backend instance. It takes the oldest queued request, then keeps
 adding queued requests whose tensors can be stacked with it (same dtypes and non-batch
 dims) until `max_batch_size` rows or until `max_queue_delay_ms` after the first request
-was queued (with `wait_after_busy`, after the worker took it, if that is later). A batch's
-failure is set on each of its requests and on nothing else. A request whose deadline
-passes while queued is answered with RequestTimeout and never reaches a backend.
+was queued (with `wait_after_busy`, after the worker took it, if that is later), and hands
+the batch to its instance. It forms the next one as soon as the instance is free again
+(run_batch's `release`), before the last batch's answers go out. A batch's failure is set
+on each of its requests and on nothing else. A request whose deadline passes while queued
+is answered with RequestTimeout and never reaches a backend.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 
 from hotswap.config import BatchingConfig
 from hotswap.errors import ModelNotReady, QueueFull, RequestTimeout
@@ -37,8 +40,14 @@ paying 2 ms put 125 µs on the mean, one in 1024 puts 2 µs."""
 
 UNLOADING = "model is being unloaded"
 
-RunBatch = Callable[[int, Batch], Awaitable[None]]
-"""run_batch(worker index, batch): answers the batch's requests via batch.scatter / batch.fail."""
+Release = Callable[[], None]
+RunBatch = Callable[[int, Batch, Release], Awaitable[None]]
+"""run_batch(worker index, batch, release): answers the batch's requests via batch.scatter / batch.fail.
+
+What it does before returning its awaitable happens in the worker's turn (the runner hands the
+batch to its instance there). It may call release() once the instance is free again, before the
+answers go out: the worker then forms and hands over its next batch first. Otherwise the worker
+is released when the batch is answered."""
 
 
 class DynamicBatcher:
@@ -201,6 +210,7 @@ class DynamicBatcher:
         return self._wait_payoff >= MIN_PAYOFF or self._probe_due()
 
     async def _worker(self, index: int) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             taken = [await self._take_first(index)]
             self._running += 1  # a filling batch counts as running, so drain_and_stop waits for it
@@ -215,11 +225,19 @@ class DynamicBatcher:
             if not batch.requests:
                 self._batch_done()
                 continue
-            task = asyncio.create_task(self._run(index, batch), name=f"hotswap-batch-{index}")
+            freed = loop.create_future()
+            release = partial(_settle, freed)
+            try:
+                answering = self._run_batch(index, batch, release)
+            except Exception as exc:  # noqa: BLE001 -- answered below, as a failure of the awaitable
+                answering = _raise(exc)
+            task = asyncio.create_task(self._run(index, batch, answering, release), name=f"hotswap-batch-{index}")
             self._batch_tasks.add(task)
             task.add_done_callback(self._batch_tasks.discard)
-            # Shielded: a drain past its deadline stops this worker but lets the batch finish.
-            await asyncio.shield(task)
+            # Awaited directly, not through a shield, so that the worker's turn comes right after
+            # release(), ahead of the answers' tasks: a drain that cancels this worker cancels only
+            # `freed`, and the batch still finishes.
+            await freed
             if self._queue:
                 self._arrived.set()  # another worker may be waiting on requests left behind
 
@@ -235,9 +253,9 @@ class DynamicBatcher:
             request.started = now
         return batch
 
-    async def _run(self, index: int, batch: Batch) -> None:
+    async def _run(self, index: int, batch: Batch, answering: Awaitable[None], release: Release) -> None:
         try:
-            await self._run_batch(index, batch)
+            await answering
         except Exception as exc:  # run_batch answers its requests itself; this is a last resort
             # Logged, not only set: after the batch was answered (an error in an on_batch consumer,
             # such as the supervisor) no request is left to carry it.
@@ -245,6 +263,7 @@ class DynamicBatcher:
                       exc_info=exc)
             batch.fail(exc)
         finally:
+            release()
             self._batch_done()
 
     def _batch_done(self) -> None:
@@ -275,3 +294,13 @@ class DynamicBatcher:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _settle(freed: asyncio.Future[None]) -> None:
+    """Wake the worker waiting on `freed`; a no-op once done (released twice, or the worker was cancelled)."""
+    if not freed.done():
+        freed.set_result(None)
+
+
+async def _raise(exc: Exception) -> None:
+    raise exc

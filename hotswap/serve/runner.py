@@ -7,10 +7,9 @@ per thread, and every call of that instance (load, warm-up, infer, close) happen
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from hotswap.models.pipeline import Pipeline, PipelineResult
 from hotswap.models.signature import Signature, Tensors
 from hotswap.models.sources import ModelSource, resolve_source
 from hotswap.serve.batch import Batch, BatchHung, BatchOutcome, check_rows
-from hotswap.serve.batcher import DynamicBatcher, PendingRequest
+from hotswap.serve.batcher import DynamicBatcher, PendingRequest, Release
 from hotswap.serve.inline import InlinePolicy
 from hotswap.serve.metrics import Metrics, ModelSeries
 from hotswap.serve.request_checks import check_limits, count_rows
@@ -31,6 +30,8 @@ from hotswap.server_config import LimitsConfig
 log = logging.getLogger("hotswap.runner")
 
 BatchHook = Callable[["ModelRunner", BatchOutcome], None]
+Computing = PipelineResult | asyncio.Future[PipelineResult]
+"""A batch handed to its instance: its result when it ran inline, else its thread's future."""
 
 
 class ModelRunner:
@@ -97,7 +98,7 @@ class ModelRunner:
         def first() -> tuple[Selection, Pipeline]:
             tail = cfg.model_copy(update={"backends": cfg.backends[self.first_position:self.stop_position]})
             selection, backend = select_backend(tail, source, self._registry, cfg.instances)
-            return self._shifted(selection), Pipeline(backend, processor_config, source.base_dir, where)
+            return selection.shifted(self.first_position), Pipeline(backend, processor_config, source.base_dir, where)
 
         def another(selection: Selection) -> Pipeline:
             return Pipeline(load_instance(selection, source, cfg), processor_config, source.base_dir, where)
@@ -111,13 +112,6 @@ class ModelRunner:
         failed = next((r for r in results if isinstance(r, BaseException)), None)
         if failed is not None:
             raise failed
-
-    def _shifted(self, selection: Selection) -> Selection:
-        """Positions in the whole chain, for a selection walked from `first_position`."""
-        if not self.first_position:
-            return selection
-        skipped = [dataclasses.replace(s, position=s.position + self.first_position) for s in selection.skipped]
-        return dataclasses.replace(selection, position=selection.position + self.first_position, skipped=skipped)
 
     def _make_series(self) -> None:
         cfg, selection = self.config, self.selected
@@ -202,40 +196,57 @@ class ModelRunner:
             if not request.future.done():
                 request.future.set_exception(error)
 
-    async def _compute(self, index: int, inputs: Tensors) -> PipelineResult:
-        """Run one batch on instance `index`'s thread (inline if that is cheaper: serve/inline.py),
-        within the batch timeout if there is one."""
-        if index in self._stuck:
-            raise BatchHung(f"instance {index} of '{self.selected.label}' is abandoned: an earlier batch hung")
-        pipeline = self._pipelines[index]
-        inline = self._inline.decide(index)
-        if inline:
-            done = pipeline.run(inputs)
-        else:
-            future = asyncio.get_running_loop().run_in_executor(self._executors[index], pipeline.run, inputs)
-            done = await (future if self._batch_timeout_s is None else self._within_batch_timeout(index, future))
-        self._inline.observe(index, done[1], inline)
-        return done
-
-    async def _within_batch_timeout(self, index: int, future: asyncio.Future) -> PipelineResult:
-        assert self._batch_timeout_s is not None
-        try:
-            return await asyncio.wait_for(future, self._batch_timeout_s)
-        except TimeoutError:
-            self._stuck.add(index)
-            raise BatchHung(f"backend '{self.selected.label}' did not finish a batch within "
-                            f"failover.batch_timeout_ms={self._batch_timeout_s * 1000:.0f}") from None
-
-    async def _run_batch(self, index: int, batch: Batch) -> None:
+    def _run_batch(self, index: int, batch: Batch, release: Release) -> Awaitable[None]:
+        """Hand `batch` to instance `index` now, in the batcher worker's turn (onto the instance's
+        thread, or inline if that is cheaper: serve/inline.py), and return what answers it."""
         t0 = time.perf_counter()
         inputs = batch.inputs()
         concat_s = time.perf_counter() - t0
         try:
-            done = await self._compute(index, inputs)
+            started: Computing | Exception = self._start_compute(index, inputs)
+        except Exception as exc:
+            started = exc
+        return self._finish_batch(index, batch, inputs, started, release, (t0, concat_s))
+
+    def _start_compute(self, index: int, inputs: Tensors) -> Computing:
+        """Instance `index`'s result (run inline) or its future (handed to its thread)."""
+        if index in self._stuck:
+            raise BatchHung(f"instance {index} of '{self.selected.label}' is abandoned: an earlier batch hung")
+        pipeline = self._pipelines[index]
+        if self._inline.decide(index):
+            done = pipeline.run(inputs)
+            self._inline.observe(index, done[1], True)
+            return done
+        return asyncio.get_running_loop().run_in_executor(self._executors[index], pipeline.run, inputs)
+
+    async def _finish_batch(self, index: int, batch: Batch, inputs: Tensors, started: Computing | Exception,
+                            release: Release, timing: tuple[float, float]) -> None:
+        """Await the batch's compute (within the batch timeout if there is one), free the instance,
+        then answer: the worker's next batch is handed over before these answers go out."""
+        t0, concat_s = timing
+        try:
+            if isinstance(started, Exception):
+                raise started
+            done = started if isinstance(started, tuple) else await self._on_thread(index, started)
+            check_rows(done[0], batch.rows)
         except Exception as exc:
             self._fail(batch, inputs, exc, t0)
             return
+        release()
         self._answer(batch, inputs, done, t0, concat_s)
+
+    async def _on_thread(self, index: int, future: asyncio.Future[PipelineResult]) -> PipelineResult:
+        if self._batch_timeout_s is None:
+            done = await future
+        else:
+            try:
+                done = await asyncio.wait_for(future, self._batch_timeout_s)
+            except TimeoutError:
+                self._stuck.add(index)
+                raise BatchHung(f"backend '{self.selected.label}' did not finish a batch within "
+                                f"failover.batch_timeout_ms={self._batch_timeout_s * 1000:.0f}") from None
+        self._inline.observe(index, done[1], False)
+        return done
 
     def _run_alone(self, index: int, inputs: Tensors, rows: int) -> Tensors:
         """A batch of one chosen by `DynamicBatcher.lone_slot`, run inline now: its outputs are its own."""
@@ -259,13 +270,9 @@ class ModelRunner:
             self.on_batch(self, BatchOutcome(inputs, None, exc, time.perf_counter() - t0))
 
     def _answer(self, batch: Batch, inputs: Tensors, done: PipelineResult, t0: float, concat_s: float) -> None:
-        """Hand each request its rows, report the batch, record its metrics."""
+        """Hand each request its rows (already checked: check_rows), report the batch, record its metrics."""
         t1 = time.perf_counter()
-        try:
-            batch.scatter(done[0])
-        except Exception as exc:
-            self._fail(batch, inputs, exc, t0)
-            return
+        batch.scatter(done[0])
         self._record(inputs, batch.rows, done, t0, t1, concat_s)
 
     def _record(self, inputs: Tensors, rows: int, done: PipelineResult, t0: float, t1: float, concat_s: float) -> None:

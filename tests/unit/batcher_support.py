@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable
 
 import numpy as np
 
 from hotswap.config import BatchingConfig
 from hotswap.serve.batch import Batch, PendingRequest
-from hotswap.serve.batcher import DynamicBatcher
+from hotswap.serve.batcher import DynamicBatcher, Release
 
 POISON = -1.0
 TEST_TIMEOUT_S = 20
@@ -32,15 +33,19 @@ class Recorder:
     """A run_batch that records every batch and answers like the real runner, through the
     real Batch: inputs() to stack, scatter() to answer, fail() on error.
 
-    With `gated`, each batch waits for `gate` before computing. A batch containing the
-    POISON value fails: by raising (`raise_on_poison`), or via `batch.fail`.
+    Like the runner, it takes the batch in the worker's turn (recorded in `log` as
+    "dispatched <rows>") and answers in the awaitable it returns. With `gated`, each batch
+    waits for `gate` before computing; with `release_early`, it calls `release` after
+    computing and before answering, as the runner does. A batch containing the POISON value
+    fails: by raising (`raise_on_poison`), or via `batch.fail`.
     """
 
-    def __init__(self, gated: bool = False, raise_on_poison: bool = False) -> None:
+    def __init__(self, gated: bool = False, raise_on_poison: bool = False, release_early: bool = False) -> None:
         self.batches: list[list[PendingRequest]] = []
         self.rows: list[int] = []
         self.workers: list[int] = []
         self.dispatched_at: list[float] = []
+        self.log: list[str] = []
         self.gate = asyncio.Event()
         if not gated:
             self.gate.set()
@@ -48,18 +53,23 @@ class Recorder:
         self.in_flight = 0
         self.max_in_flight = 0
         self.raise_on_poison = raise_on_poison
+        self.release_early = release_early
 
     def ran(self, request: PendingRequest) -> bool:
         return any(r is request for batch in self.batches for r in batch)
 
-    async def __call__(self, index: int, batch: Batch) -> None:
+    def __call__(self, index: int, batch: Batch, release: Release) -> Awaitable[None]:
         self.batches.append(list(batch.requests))
         self.rows.append(batch.rows)
         self.workers.append(index)
         self.dispatched_at.append(time.perf_counter())
+        self.log.append(f"dispatched {batch.rows}")
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         self.started.set()
+        return self._answer(batch, release)
+
+    async def _answer(self, batch: Batch, release: Release) -> None:
         try:
             await self.gate.wait()
             await asyncio.sleep(0)
@@ -70,6 +80,8 @@ class Recorder:
                     raise error
                 batch.fail(error)
                 return
+            if self.release_early:
+                release()
             batch.scatter({f"{name}_out": array * 2 for name, array in inputs.items()})
         finally:
             self.in_flight -= 1

@@ -91,6 +91,40 @@ def test_cancelled_request_mid_batch_leaves_others_their_rows(tiny: TinyModels):
     run(scenario())
 
 
+def test_the_next_batch_is_taken_before_the_last_batchs_answers_reach_their_callers(tiny: TinyModels):
+    """The instance frees up: the worker hands it the queued request before the first caller resumes."""
+    xa, xb = rows(1, 7), rows(1, 8)
+
+    async def scenario() -> tuple[dict, int, dict]:
+        config = ModelConfig(name="tiny", source=str(tiny.onnx), backends=[{"name": "onnxruntime"}],
+                             batching={"max_batch_size": 1, "max_queue_delay_ms": 0, "inline_max_us": 0})
+        runner = ModelRunner(config, REGISTRY, Metrics())
+        await runner.start()
+        gate = threading.Event()
+        busy = runner._executors[0].submit(gate.wait, SCENARIO_TIMEOUT_S)  # the instance thread is taken
+
+        async def first_then_queued() -> tuple[dict, int]:
+            answer = await runner.infer({"x": xa}, None)
+            return answer, runner._batcher.queued
+
+        try:
+            first = asyncio.create_task(first_then_queued())
+            second = asyncio.create_task(runner.infer({"x": xb}, None))
+            await until(lambda: runner._batcher.queued == 1, "the second request waits for the instance")
+            gate.set()
+            (answer, queued), other = await asyncio.gather(first, second)
+        finally:
+            gate.set()
+            busy.result()
+            await runner.close()
+        return answer, queued, other
+
+    answer, queued, other = run(scenario())
+    assert queued == 0, "the first caller resumed before the second request was handed to the instance"
+    np.testing.assert_allclose(answer["y"], tiny.reference({"x": xa})["y"], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(other["y"], tiny.reference({"x": xb})["y"], atol=1e-5, rtol=0)
+
+
 def test_a_runner_describes_what_serves_it_and_refuses_requests_before_it_starts(tiny: TinyModels):
     async def scenario() -> None:
         config = ModelConfig(name="tiny", source=str(tiny.onnx), backends=[{"name": "onnxruntime"}])
