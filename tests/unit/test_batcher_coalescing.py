@@ -122,6 +122,21 @@ def test_adaptive_delay_keeps_waiting_while_requests_keep_arriving():
     run(body())
 
 
+def test_adaptive_delay_off_waits_the_whole_delay_however_often_waiting_brought_nobody():
+    async def body():
+        rec = Recorder()
+        batcher = start(rec, max_batch_size=8, max_queue_delay_ms=5, adaptive_delay=False)
+        waits = []
+        for i in range(24):  # adaptive, the wait would stop after about 14 of these
+            request = submit(batcher, rows_of(i))
+            await request.future
+            waits.append(rec.dispatched_at[-1] - request.enqueued)
+        assert batcher._wait_payoff < 0.05 and min(waits) >= 0.0049, waits
+        await batcher.drain_and_stop()
+
+    run(body())
+
+
 @pytest.mark.parametrize("wait_after_busy", [True, False])
 def test_a_worker_freed_after_a_busy_spell_waits_for_company_only_with_wait_after_busy(wait_after_busy):
     """B and C queue while A's batch runs longer than the delay; when it ends, D arrives 50 ms later.

@@ -98,6 +98,10 @@ def test_a_delay_offers_a_slot_only_once_waiting_stopped_paying_off_and_keeps_pr
         await idle(batcher)
         batcher._wait_payoff = 0.0  # back to skipping (the paid-off wait raised it)
         assert await _offers(rec, batcher, PROBE_EVERY) == [PROBE_EVERY - 1]
+        # The grant is spent with its probe: a lone request through the queue after it skips the wait.
+        request = submit(batcher, rows_of(3))
+        await request.future
+        assert rec.dispatched_at[-1] - request.enqueued < 0.019, "the probe's grant outlived it"
         await batcher.drain_and_stop()
 
     run(body())
