@@ -43,11 +43,9 @@ UNLOADING = "model is being unloaded"
 Release = Callable[[], None]
 RunBatch = Callable[[int, Batch, Release], Awaitable[None]]
 """run_batch(worker index, batch, release): answers the batch's requests via batch.scatter / batch.fail.
-
-What it does before returning its awaitable happens in the worker's turn (the runner hands the
-batch to its instance there). It may call release() once the instance is free again, before the
-answers go out: the worker then forms and hands over its next batch first. Otherwise the worker
-is released when the batch is answered."""
+What it does before returning its awaitable happens in the worker's turn. It may call release() once the
+instance is free again, before the answers go out, so the worker hands over its next batch first;
+otherwise the worker is released when the batch is answered."""
 
 
 class DynamicBatcher:
@@ -228,15 +226,15 @@ class DynamicBatcher:
             freed = loop.create_future()
             release = partial(_settle, freed)
             try:
-                answering = self._run_batch(index, batch, release)
-            except Exception as exc:  # noqa: BLE001 -- answered below, as a failure of the awaitable
-                answering = _raise(exc)
+                answering: Awaitable[None] = self._run_batch(index, batch, release)
+            except Exception as exc:  # failed through _run's last resort, like a raise while answering
+                answering = loop.create_future()
+                answering.set_exception(exc)
             task = asyncio.create_task(self._run(index, batch, answering, release), name=f"hotswap-batch-{index}")
             self._batch_tasks.add(task)
             task.add_done_callback(self._batch_tasks.discard)
-            # Awaited directly, not through a shield, so that the worker's turn comes right after
-            # release(), ahead of the answers' tasks: a drain that cancels this worker cancels only
-            # `freed`, and the batch still finishes.
+            # Not shielded: the worker's turn then comes right after release(), ahead of the answers;
+            # a drain that cancels this worker cancels only `freed`, and the batch still finishes.
             await freed
             if self._queue:
                 self._arrived.set()  # another worker may be waiting on requests left behind
@@ -300,7 +298,3 @@ def _settle(freed: asyncio.Future[None]) -> None:
     """Wake the worker waiting on `freed`; a no-op once done (released twice, or the worker was cancelled)."""
     if not freed.done():
         freed.set_result(None)
-
-
-async def _raise(exc: Exception) -> None:
-    raise exc

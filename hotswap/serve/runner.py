@@ -45,8 +45,7 @@ class ModelRunner:
         # only backends[first_position:stop_position] are walked.
         self.first_position, self.stop_position = first_position, stop_position
         self.on_batch = on_batch
-        timeout_ms = config.failover.batch_timeout_ms if config.failover else None
-        self._batch_timeout_s = None if timeout_ms is None else timeout_ms / 1000
+        self._batch_timeout_ms = config.failover.batch_timeout_ms if config.failover else None
         self._stuck: set[int] = set()  # instances whose thread is still inside a hung batch
         self._registry, self._metrics, self._config_dir, self._progress = registry, metrics, config_dir, progress
         self._executors: list[ThreadPoolExecutor] = []
@@ -82,7 +81,7 @@ class ModelRunner:
         if publish:
             self.publish()
         self._inline = InlinePolicy(cfg.batching.inline_max_us, len(self._pipelines),
-                                    self.selected.backend_cls.inline_safe and self._batch_timeout_s is None)
+                                    self.selected.backend_cls.inline_safe and self._batch_timeout_ms is None)
         self._batcher = DynamicBatcher(cfg.batching, self._run_batch, len(self._pipelines))
         self._batcher.start()
         log.info("model %s ready on %s #%d (%s) in %.2fs", cfg.name, self.selected.label, self.selected.position,
@@ -221,8 +220,7 @@ class ModelRunner:
 
     async def _finish_batch(self, index: int, batch: Batch, inputs: Tensors, started: Computing | Exception,
                             release: Release, timing: tuple[float, float]) -> None:
-        """Await the batch's compute (within the batch timeout if there is one), free the instance,
-        then answer: the worker's next batch is handed over before these answers go out."""
+        """Await the compute (within any batch timeout), check its rows, free the instance, then answer."""
         t0, concat_s = timing
         try:
             if isinstance(started, Exception):
@@ -233,18 +231,19 @@ class ModelRunner:
             self._fail(batch, inputs, exc, t0)
             return
         release()
-        self._answer(batch, inputs, done, t0, concat_s)
+        t1 = time.perf_counter()
+        batch.scatter(done[0])
+        self._record(inputs, batch.rows, done, t0, t1, concat_s)
 
     async def _on_thread(self, index: int, future: asyncio.Future[PipelineResult]) -> PipelineResult:
-        if self._batch_timeout_s is None:
-            done = await future
-        else:
-            try:
-                done = await asyncio.wait_for(future, self._batch_timeout_s)
-            except TimeoutError:
-                self._stuck.add(index)
-                raise BatchHung(f"backend '{self.selected.label}' did not finish a batch within "
-                                f"failover.batch_timeout_ms={self._batch_timeout_s * 1000:.0f}") from None
+        timeout_ms = self._batch_timeout_ms
+        try:
+            async with asyncio.timeout(None if timeout_ms is None else timeout_ms / 1000):
+                done = await future
+        except TimeoutError:
+            self._stuck.add(index)
+            raise BatchHung(f"backend '{self.selected.label}' did not finish a batch within "
+                            f"failover.batch_timeout_ms={timeout_ms:.0f}") from None
         self._inline.observe(index, done[1], False)
         return done
 
@@ -268,12 +267,6 @@ class ModelRunner:
             batch.fail(exc)
         if self.on_batch is not None:
             self.on_batch(self, BatchOutcome(inputs, None, exc, time.perf_counter() - t0))
-
-    def _answer(self, batch: Batch, inputs: Tensors, done: PipelineResult, t0: float, concat_s: float) -> None:
-        """Hand each request its rows (already checked: check_rows), report the batch, record its metrics."""
-        t1 = time.perf_counter()
-        batch.scatter(done[0])
-        self._record(inputs, batch.rows, done, t0, t1, concat_s)
 
     def _record(self, inputs: Tensors, rows: int, done: PipelineResult, t0: float, t1: float, concat_s: float) -> None:
         """Report an answered batch (computed from `t0` to `t1`) and record its execution metrics."""
