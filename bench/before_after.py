@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/before_after.py --base e18cdbe            # ~6 min on 2 cores
     .venv/bin/python bench/before_after.py --base e18cdbe --seconds 8 --rounds 3
+    .venv/bin/python bench/before_after.py --base be10e10 --minilm-instances 2 --minilm-batch 16 --concurrency 32
 
 Both servers run from the same .venv (the base commit is checked out into a temporary git
 worktree and imported from there), with the same config, one at a time, alternating A/B/A/B
@@ -39,9 +40,10 @@ def tiny_model(folder: Path) -> dict:
             "batching": {"max_batch_size": 32, "max_queue_delay_ms": 2, "max_queue_size": 4096}}
 
 
-def minilm_model() -> dict:
+def minilm_model(instances: int = 1, max_batch: int = 32) -> dict:
     return {"name": "minilm", "source": "builtin:minilm", "backends": [{"name": "onnxruntime"}],
-            "batching": {"max_batch_size": 32, "max_queue_delay_ms": 2, "max_queue_size": 4096}}
+            "instances": instances,
+            "batching": {"max_batch_size": max_batch, "max_queue_delay_ms": 2, "max_queue_size": 4096}}
 
 
 def body(model: str, text: str | None) -> bytes:
@@ -81,6 +83,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--seconds", type=float, default=6.0, help="seconds per measured point")
     p.add_argument("--rounds", type=int, default=2, help="A/B alternations per point; medians reported")
     p.add_argument("--concurrency", default="1,32")
+    p.add_argument("--minilm-instances", type=int, default=1, help="MiniLM's `instances` (both sides)")
+    p.add_argument("--minilm-batch", type=int, default=32, help="MiniLM's max_batch_size (both sides)")
     return p.parse_args()
 
 
@@ -94,7 +98,7 @@ def main() -> None:
         subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(base_tree), args.base],
                        check=True, capture_output=True)
         try:
-            models = [tiny_model(folder), minilm_model()]
+            models = [tiny_model(folder), minilm_model(args.minilm_instances, args.minilm_batch)]
             trees = {"base": base_tree, "new": REPO}
             samples: dict[tuple, list[dict]] = {}
             for _ in range(args.rounds):
@@ -129,7 +133,8 @@ def report(args: argparse.Namespace, samples: dict, workloads: list, levels: lis
             row["ratio"] = row["new_rps"] / row["base_rps"]
             rows.append(row)
     out = {"date": dt.date.today().isoformat(), "base": args.base, "seconds": args.seconds,
-           "rounds": args.rounds, "machine": machine_info(), "rows": rows}
+           "rounds": args.rounds, "minilm_instances": args.minilm_instances, "minilm_batch": args.minilm_batch,
+           "machine": machine_info(), "rows": rows}
     results = BENCH / "results"
     results.mkdir(exist_ok=True)
     (results / f"before-after-{out['date']}.json").write_text(json.dumps(out, indent=2))

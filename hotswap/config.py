@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -147,6 +147,11 @@ class ModelConfig(StrictModel):
     processor: ProcessorConfig | None = Field(None, description="Pre/post-processing around the backend.")
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
     instances: int = Field(1, ge=1, le=16, description="Backend instances, each with its own worker thread.")
+    cpu_placement: Literal["auto", "off"] = Field(
+        "auto", description="auto: when the model runs on the CPU as one single-threaded instance per core "
+        "(instances = cores, one worker process), pin instance i's thread to core i at nice 10, so the event "
+        "loop never waits behind compute, and have its processor work on that thread alone (no tokenizer "
+        "thread pool taking the other instances' cores); off: leave the threads to the OS.")
     failover: FailoverConfig | None = Field(None, description="Runtime failover along the chain; off when "
                                             "absent.")
     shadow: ShadowConfig | None = Field(None, description="Shadow parity on live batches; off when absent.")

@@ -148,6 +148,13 @@ class Backend(ABC, Generic[OptionsT]):
         """Accelerator memory this instance holds, in bytes, or None where the runtime does not say."""
         return None
 
+    def compute_threads(self) -> int | None:
+        """CPU threads one call of this instance computes on, or None where unknown or left to the runtime.
+
+        A CPU instance that says 1 may have its thread pinned to a core of its own (serve/placement.py).
+        """
+        return None
+
     @abstractmethod
     def close(self) -> None:
         """Free the model and device memory. Calling it twice is harmless."""

@@ -230,6 +230,12 @@ class OnnxRuntimeBackend(Backend[OnnxRuntimeOptions]):
         results = self._session.run(self._output_names, inputs)
         return dict(zip(self._output_names, results))
 
+    def compute_threads(self) -> int | None:
+        # Set inter-op threads run whole nodes side by side (parallel mode); 0 intra-op threads is ORT's default.
+        if self._options is None or self._options.inter_op_threads is not None:
+            return None
+        return self._options.intra_op_threads or None
+
     def describe(self) -> dict[str, str]:
         if self._session is None:
             return {"device": "none", "runtime": f"onnxruntime {self.version()}"}

@@ -218,6 +218,9 @@ class TorchBackend(Backend[TorchOptions]):
                 info["device"] = str(first.device)
         return info
 
+    def compute_threads(self) -> int | None:
+        return self._options.threads if self._options is not None else None
+
     def memory_bytes(self) -> int | None:
         """Bytes allocated on the accelerator, where torch.accelerator reports it."""
         import torch

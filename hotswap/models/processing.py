@@ -54,6 +54,10 @@ class Processor(ABC, Generic[OptionsT]):
 
     name: ClassVar[str]
     Options: ClassVar[type[ProcessorOptions]] = ProcessorOptions
+    #: Set by the runner when this instance's thread was pinned to a core of its own (serve/placement.py):
+    #: `preprocess` and `postprocess` should then work on the calling thread, not spread over a thread
+    #: pool, whose threads would take the cores the other instances own.
+    own_core: bool = False
 
     def __init__(self, options: OptionsT, base_dir: Path, backend_signature: Signature) -> None:
         """`base_dir` resolves relative paths in options (the artifact's folder)."""

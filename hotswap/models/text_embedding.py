@@ -6,7 +6,9 @@
 
 With the defaults this is exactly sentence-transformers' all-MiniLM-L6-v2 pipeline
 (truncate at 256 tokens, mean pooling, normalise). A batch is tokenised once and padded to
-its longest row, so short texts batched together stay cheap.
+its longest row, so short texts batched together stay cheap. The tokenizer spreads a batch
+over its own thread pool, except for an instance that owns one core (`own_core`, set where the
+runner pinned the instances: serve/placement.py), which tokenises on its own thread.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Literal
 
 import numpy as np
 from pydantic import Field
-from tokenizers import Tokenizer
+from tokenizers import Encoding, Tokenizer
 
 from hotswap.config import ProcessorConfig
 from hotswap.errors import BackendError, ConfigError, InvalidInput
@@ -27,6 +29,8 @@ from hotswap.models.signature import Signature, Tensors, TensorSpec
 #: Backend inputs this processor can produce, in the usual BERT order.
 TOKEN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 _REQUIRED = ("input_ids", "attention_mask")
+#: The tokenizers.Encoding attribute behind each backend input.
+_ENCODING_FIELDS = {"input_ids": "ids", "attention_mask": "attention_mask", "token_type_ids": "type_ids"}
 #: Preferred backend output names, before falling back to the first output.
 _EMBEDDING_OUTPUTS = ("token_embeddings", "last_hidden_state")
 
@@ -57,6 +61,9 @@ class TextEmbeddingProcessor(Processor[TextEmbeddingOptions]):
 
     def __init__(self, options: TextEmbeddingOptions, base_dir: Path, backend_signature: Signature) -> None:
         self.tokenizer = load_tokenizer(options, Path(base_dir))
+        padding = self.tokenizer.padding or {}
+        self._pads = {"input_ids": padding.get("pad_id", 0), "attention_mask": 0,
+                      "token_type_ids": padding.get("pad_type_id", 0)}
         # Filled by bind(), which super().__init__ calls: so these defaults must come first.
         self._backend_inputs: tuple[str, ...] = ()
         self._backend_output = ""
@@ -94,12 +101,25 @@ class TextEmbeddingProcessor(Processor[TextEmbeddingOptions]):
     def preprocess(self, inputs: Tensors) -> Tensors:
         texts = [_decode(value, i, self.options.input_name)
                  for i, value in enumerate(np.asarray(inputs[self.options.input_name]).reshape(-1))]
+        if self.own_core:  # the pool would take the other instances' cores: one text after another here
+            return self._padded([self.tokenizer.encode(text) for text in texts])
         encodings = self.tokenizer.encode_batch(texts) if texts else []
-        fields = {"input_ids": "ids", "attention_mask": "attention_mask", "token_type_ids": "type_ids"}
         out = {}
         for name in self._backend_inputs:
-            rows = [getattr(e, fields[name]) for e in encodings]
+            rows = [getattr(e, _ENCODING_FIELDS[name]) for e in encodings]
             out[name] = np.array(rows, dtype=np.int64) if rows else np.zeros((0, 0), dtype=np.int64)
+        return out
+
+    def _padded(self, encodings: list[Encoding]) -> Tensors:
+        """The backend inputs of `encodings`, each row padded to the longest, as `encode_batch` pads."""
+        width = max((len(e.ids) for e in encodings), default=0)
+        out = {}
+        for name in self._backend_inputs:
+            array = np.full((len(encodings), width), self._pads[name], dtype=np.int64)
+            for row, encoding in zip(array, encodings):
+                values = getattr(encoding, _ENCODING_FIELDS[name])
+                row[:len(values)] = values
+            out[name] = array
         return out
 
     def postprocess(self, backend_inputs: Tensors, outputs: Tensors) -> Tensors:

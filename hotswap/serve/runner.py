@@ -24,6 +24,7 @@ from hotswap.serve.batch import Batch, BatchHung, BatchOutcome, check_rows
 from hotswap.serve.batcher import DynamicBatcher, PendingRequest, Release
 from hotswap.serve.inline import InlinePolicy
 from hotswap.serve.metrics import Metrics, ModelSeries
+from hotswap.serve.placement import place_instances
 from hotswap.serve.request_checks import check_limits, count_rows
 from hotswap.server_config import LimitsConfig
 
@@ -53,6 +54,7 @@ class ModelRunner:
         self.source: ModelSource | None = None
         self.selection: Selection | None = None
         self.info: dict[str, str] = {}
+        self.pinned_cores: list[int] = []  # instance i's thread runs on pinned_cores[i] (serve/placement.py)
         self.load_seconds = 0.0
         self._series: ModelSeries | None = None
         self._batcher: DynamicBatcher | None = None
@@ -72,6 +74,7 @@ class ModelRunner:
                            for i in range(cfg.instances)]
         try:
             await self._load_instances(self.source)
+            self.pinned_cores = await place_instances(cfg.name, cfg.cpu_placement, self._pipelines, self._executors)
         except BaseException:
             await self.close()
             raise
@@ -278,10 +281,8 @@ class ModelRunner:
 
     # -- description -----------------------------------------------------------------
     def platform(self) -> str:
-        backend_cls = self.selected.backend_cls
-        artifact = self.source.artifact_for(backend_cls.formats) if self.source else None
-        suffix = artifact.suffix.lstrip(".") if artifact else "unknown"
-        return f"{backend_cls.name}_{suffix}"
+        artifact = self.source.artifact_for(self.selected.backend_cls.formats) if self.source else None
+        return f"{self.selected.backend_cls.name}_{artifact.suffix.lstrip('.') if artifact else 'unknown'}"
 
     def metadata(self) -> dict:
         """v2 model metadata plus what really serves the model and why earlier entries were skipped."""
@@ -294,7 +295,6 @@ class ModelRunner:
             "name": self.config.name, "versions": [self.config.version], "platform": self.platform(),
             "inputs": specs(self.signature.inputs), "outputs": specs(self.signature.outputs),
             "backend": {"name": sel.backend_cls.name, "entry": sel.label, "chain_position": sel.position,
-                        "instances": len(self._pipelines), **self.info},
-            "skipped": [s.as_dict() for s in sel.skipped],
-            "batching": self.config.batching.model_dump(),
+                        "instances": len(self._pipelines), "pinned_cores": self.pinned_cores, **self.info},
+            "skipped": [s.as_dict() for s in sel.skipped], "batching": self.config.batching.model_dump(),
         }
