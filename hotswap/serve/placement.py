@@ -47,7 +47,7 @@ def plan_cores(placement: Placement, backends: Sequence[Backend]) -> tuple[list[
         return [], f"per-thread placement is Linux only (this is {sys.platform})"
     if cpu_sharers(1) > 1:
         return [], "several worker processes share the cores"
-    devices = {b.describe().get("device", "") for b in backends}
+    devices = {b.describe().get("device") or "an unreported device" for b in backends}
     if devices != {"cpu"}:
         return [], f"the instances run on {', '.join(sorted(devices))}, not only the CPU"
     threads = {b.compute_threads() for b in backends}
@@ -60,9 +60,13 @@ def plan_cores(placement: Placement, backends: Sequence[Backend]) -> tuple[list[
     return cores, ""
 
 
-def place_this_thread(core: int, nice: int = PLACED_NICE) -> None:
-    """Pin the calling thread to `core` and raise its nice value (both per thread on Linux)."""
+def pin_this_thread(core: int) -> None:
+    """Pin the calling thread to `core` (per thread on Linux)."""
     os.sched_setaffinity(0, {core})
+
+
+def lower_this_thread(nice: int) -> None:
+    """Raise the calling thread's nice value to `nice` (per thread on Linux; raising it needs no privilege)."""
     os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
 
 
@@ -71,21 +75,23 @@ async def place_instances(model: str, placement: Placement, pipelines: Sequence[
     """Pin each instance's thread to its own core, below the loop, where `plan_cores` allows.
 
     Returns the cores, instance by instance; empty when left to the OS. A placed instance's
-    processor is told it owns one core (`Processor.own_core`: no thread pool of its own). A
-    refusal (a sandbox without the permission) is logged and leaves every thread where it was:
-    serving works the same."""
+    processor is told it owns one core (`Processor.own_core`: no thread pool of its own). Every
+    thread is pinned before any is niced: niced threads the kernel may stack on one core measured
+    worse than leaving them alone, so a refusal to pin (a sandbox without the permission) puts
+    every thread back on every core at its old priority, logged; serving works the same."""
     cores, why = plan_cores(placement, [p.backend for p in pipelines])
     if not cores:
         log.debug("model %s: instance threads left to the OS: %s", model, why)
         return []
     loop = asyncio.get_running_loop()
     try:
-        await asyncio.gather(*(loop.run_in_executor(ex, place_this_thread, core) for ex, core in zip(executors, cores)))
+        await asyncio.gather(*(loop.run_in_executor(ex, pin_this_thread, core) for ex, core in zip(executors, cores)))
     except OSError as exc:
         log.warning("model %s: cannot pin its instance threads (%s); left to the OS", model, exc)
         await asyncio.gather(*(loop.run_in_executor(ex, os.sched_setaffinity, 0, cores) for ex in executors),
                              return_exceptions=True)
         return []
+    await asyncio.gather(*(loop.run_in_executor(ex, lower_this_thread, PLACED_NICE) for ex in executors))
     for pipeline in pipelines:
         pipeline.processor.own_core = True
     log.info("model %s: instance threads pinned to cores %s at nice %d", model, cores, PLACED_NICE)

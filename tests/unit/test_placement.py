@@ -22,9 +22,11 @@ from hotswap.serve.runner import ModelRunner
 from hotswap.testing import TinyModels
 
 REGISTRY = BackendRegistry(available={"onnxruntime": OnnxRuntimeBackend})
-CORES = usable_cores()
-pytestmark = pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or not 1 <= len(CORES) <= 8,
-                                reason=f"needs Linux thread affinity and 1..8 usable cores (have {len(CORES)})")
+# Cores are read in each test, not at import: a test process may run on fewer than the one that
+# collected it. Collection itself calls no hotswap code (the mutation runner counts calls per test).
+CORES_AT_COLLECTION = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 0
+pytestmark = pytest.mark.skipif(not 1 <= CORES_AT_COLLECTION <= 8,
+                                reason=f"needs thread affinity and 1..8 usable cores (have {CORES_AT_COLLECTION})")
 
 
 def loaded(tiny: TinyModels, count: int, **options) -> list[OnnxRuntimeBackend]:
@@ -37,22 +39,25 @@ def loaded(tiny: TinyModels, count: int, **options) -> list[OnnxRuntimeBackend]:
 
 
 def test_one_single_threaded_cpu_instance_per_core_is_placed_on_every_core_in_order(tiny: TinyModels):
-    assert plan_cores("auto", loaded(tiny, len(CORES), intra_op_threads=1)) == (CORES, "")
+    cores = usable_cores()
+    assert plan_cores("auto", loaded(tiny, len(cores), intra_op_threads=1)) == (cores, "")
 
 
-@pytest.mark.parametrize(("count", "options", "why"), [
-    (len(CORES) + 1, {"intra_op_threads": 1}, f"{len(CORES) + 1} instances for {len(CORES)} cores"),
-    (len(CORES), {}, "an instance computes on the runtime's choice of threads, not 1"),
-    (len(CORES), {"intra_op_threads": 2}, "an instance computes on 2 threads, not 1"),
-    (len(CORES), {"intra_op_threads": 1, "inter_op_threads": 1},
+@pytest.mark.parametrize(("extra", "options", "why"), [
+    (1, {"intra_op_threads": 1}, "{instances} instances for {cores} cores"),
+    (0, {}, "an instance computes on the runtime's choice of threads, not 1"),
+    (0, {"intra_op_threads": 2}, "an instance computes on 2 threads, not 1"),
+    (0, {"intra_op_threads": 1, "inter_op_threads": 1},
      "an instance computes on the runtime's choice of threads, not 1"),
 ])
-def test_instances_that_do_not_map_one_to_one_onto_cores_are_left_to_the_os(tiny, count, options, why):
-    assert plan_cores("auto", loaded(tiny, count, **options)) == ([], why)
+def test_instances_that_do_not_map_one_to_one_onto_cores_are_left_to_the_os(tiny, extra, options, why):
+    cores = len(usable_cores())
+    instances = cores + extra
+    assert plan_cores("auto", loaded(tiny, instances, **options)) == ([], why.format(instances=instances, cores=cores))
 
 
 def test_off_and_several_worker_processes_leave_placement_to_the_os(tiny: TinyModels, monkeypatch):
-    backends = loaded(tiny, len(CORES), intra_op_threads=1)
+    backends = loaded(tiny, len(usable_cores()), intra_op_threads=1)
     assert plan_cores("off", backends) == ([], "cpu_placement is off")
     monkeypatch.setenv("HOTSWAP_CPU_SHARERS", "2")  # what `server.workers: 2` sets in each worker
     assert plan_cores("auto", backends) == ([], "several worker processes share the cores")
@@ -70,7 +75,8 @@ async def instance_threads(runner: ModelRunner) -> list[tuple[int, set[int], int
 
 @pytest.mark.parametrize("placement", ["auto", "off"])
 def test_a_runner_pins_each_instance_thread_to_its_own_core_below_the_event_loop(tiny: TinyModels, placement):
-    config = ModelConfig(name="tiny", source=str(tiny.onnx), instances=len(CORES), cpu_placement=placement,
+    cores = usable_cores()
+    config = ModelConfig(name="tiny", source=str(tiny.onnx), instances=len(cores), cpu_placement=placement,
                          backends=[{"name": "onnxruntime", "intra_op_threads": 1}])
     loop_before = thread_state()[1:]
 
@@ -80,18 +86,57 @@ def test_a_runner_pins_each_instance_thread_to_its_own_core_below_the_event_loop
         try:
             threads = await instance_threads(runner)
             x = np.ones((3, 8), np.float32)
-            answers = await asyncio.gather(*(runner.infer({"x": x}, None) for _ in range(2 * len(CORES))))
+            answers = await asyncio.gather(*(runner.infer({"x": x}, None) for _ in range(2 * len(cores))))
             for answer in answers:
                 np.testing.assert_allclose(answer["y"], tiny.reference({"x": x})["y"], atol=1e-5, rtol=0)
             placed = placement == "auto"
-            assert runner.pinned_cores == (CORES if placed else [])
+            assert runner.pinned_cores == (cores if placed else [])
             assert runner.metadata()["backend"]["pinned_cores"] == runner.pinned_cores
-            assert len({tid for tid, _, _ in threads}) == len(CORES)
-            expected = [({core}, PLACED_NICE) for core in CORES] if placed else [(set(CORES), 0)] * len(CORES)
+            assert len({tid for tid, _, _ in threads}) == len(cores)
+            expected = [({core}, PLACED_NICE) for core in cores] if placed else [(set(cores), 0)] * len(cores)
             assert [(mask, nice) for _, mask, nice in threads] == expected
-            assert [p.processor.own_core for p in runner._pipelines] == [placed] * len(CORES)
+            assert [p.processor.own_core for p in runner._pipelines] == [placed] * len(cores)
             assert thread_state()[1:] == loop_before  # the event loop's own thread is never touched
         finally:
             await runner.close()
 
     asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+class ReportedDevice(OnnxRuntimeBackend):
+    """onnxruntime on the CPU that reports another device (as a plugin's backend would describe itself)."""
+
+    device: str | None = "cuda:0"
+
+    def describe(self) -> dict[str, str]:
+        info = super().describe()
+        if self.device is None:
+            info.pop("device")
+        else:
+            info["device"] = self.device
+        return info
+
+
+def test_instances_not_all_on_the_cpu_are_left_to_the_os_naming_their_devices(tiny: TinyModels):
+    cpu = loaded(tiny, 1, intra_op_threads=1)[0]
+    cuda, unreported = ReportedDevice(), ReportedDevice()
+    unreported.device = None
+    for backend in (cuda, unreported):
+        backend.load(tiny.onnx, OnnxRuntimeBackend.Options(intra_op_threads=1))
+    assert plan_cores("auto", [cpu, cuda]) == ([], "the instances run on cpu, cuda:0, not only the CPU")
+    assert plan_cores("auto", [unreported]) == ([], "the instances run on an unreported device, not only the CPU")
+
+
+def test_instances_with_different_thread_counts_are_named_in_the_reason(tiny: TinyModels):
+    backends = loaded(tiny, 1, intra_op_threads=1) + loaded(tiny, 1, intra_op_threads=2) + loaded(tiny, 1)
+    assert plan_cores("auto", backends) == ([], "an instance computes on 1, 2, the runtime's choice of threads, not 1")
+
+
+def test_usable_cores_are_the_calling_threads_own_not_the_machines():
+    mask = os.sched_getaffinity(0)
+    core = max(mask)
+    os.sched_setaffinity(0, {core})  # as `taskset` would start a process
+    try:
+        assert usable_cores() == [core]
+    finally:
+        os.sched_setaffinity(0, mask)
