@@ -61,9 +61,9 @@ class TextEmbeddingProcessor(Processor[TextEmbeddingOptions]):
 
     def __init__(self, options: TextEmbeddingOptions, base_dir: Path, backend_signature: Signature) -> None:
         self.tokenizer = load_tokenizer(options, Path(base_dir))
-        padding = self.tokenizer.padding or {}
-        self._pads = {"input_ids": padding.get("pad_id", 0), "attention_mask": 0,
-                      "token_type_ids": padding.get("pad_type_id", 0)}
+        padding = self.tokenizer.padding or {}  # load_tokenizer always sets it
+        # What encode_batch pads with, for encodings padded one by one (`own_core`).
+        self._pad = {key: padding[key] for key in ("direction", "pad_id", "pad_type_id", "pad_token")}
         # Filled by bind(), which super().__init__ calls: so these defaults must come first.
         self._backend_inputs: tuple[str, ...] = ()
         self._backend_output = ""
@@ -101,26 +101,23 @@ class TextEmbeddingProcessor(Processor[TextEmbeddingOptions]):
     def preprocess(self, inputs: Tensors) -> Tensors:
         texts = [_decode(value, i, self.options.input_name)
                  for i, value in enumerate(np.asarray(inputs[self.options.input_name]).reshape(-1))]
-        if self.own_core:  # the pool would take the other instances' cores: one text after another here
-            return self._padded([self.tokenizer.encode(text) for text in texts])
-        encodings = self.tokenizer.encode_batch(texts) if texts else []
+        encodings = self._encode(texts) if texts else []
         out = {}
         for name in self._backend_inputs:
             rows = [getattr(e, _ENCODING_FIELDS[name]) for e in encodings]
             out[name] = np.array(rows, dtype=np.int64) if rows else np.zeros((0, 0), dtype=np.int64)
         return out
 
-    def _padded(self, encodings: list[Encoding]) -> Tensors:
-        """The backend inputs of `encodings`, each row padded to the longest, as `encode_batch` pads."""
-        width = max((len(e.ids) for e in encodings), default=0)
-        out = {}
-        for name in self._backend_inputs:
-            array = np.full((len(encodings), width), self._pads[name], dtype=np.int64)
-            for row, encoding in zip(array, encodings):
-                values = getattr(encoding, _ENCODING_FIELDS[name])
-                row[:len(values)] = values
-            out[name] = array
-        return out
+    def _encode(self, texts: list[str]) -> list[Encoding]:
+        """`texts` tokenised and padded to the longest, by the tokenizer's own thread pool, or, for an
+        instance that owns one core (whose pool would take the other instances' cores), text by text."""
+        if not self.own_core:
+            return self.tokenizer.encode_batch(texts)
+        encodings = [self.tokenizer.encode(text) for text in texts]
+        width = max(len(e.ids) for e in encodings)
+        for encoding in encodings:
+            encoding.pad(width, **self._pad)
+        return encodings
 
     def postprocess(self, backend_inputs: Tensors, outputs: Tensors) -> Tensors:
         name = self._backend_output if self._backend_output in outputs else next(iter(outputs))

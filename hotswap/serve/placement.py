@@ -65,9 +65,15 @@ def pin_this_thread(core: int) -> None:
     os.sched_setaffinity(0, {core})
 
 
-def lower_this_thread(nice: int) -> None:
-    """Raise the calling thread's nice value to `nice` (per thread on Linux; raising it needs no privilege)."""
-    os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+def lower_priority(nice: int) -> None:
+    """Raise the calling thread's nice value to `nice` (Linux: per thread); elsewhere, nothing.
+
+    Raising it needs no privilege; a sandbox that refuses anyway leaves the thread at its priority."""
+    if nice and hasattr(os, "setpriority") and sys.platform.startswith("linux"):
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+        except OSError as exc:
+            log.warning("cannot lower the CPU priority of thread %s: %s", threading.current_thread().name, exc)
 
 
 async def place_instances(model: str, placement: Placement, pipelines: Sequence[Pipeline],
@@ -91,7 +97,7 @@ async def place_instances(model: str, placement: Placement, pipelines: Sequence[
         await asyncio.gather(*(loop.run_in_executor(ex, os.sched_setaffinity, 0, cores) for ex in executors),
                              return_exceptions=True)
         return []
-    await asyncio.gather(*(loop.run_in_executor(ex, lower_this_thread, PLACED_NICE) for ex in executors))
+    await asyncio.gather(*(loop.run_in_executor(ex, lower_priority, PLACED_NICE) for ex in executors))
     for pipeline in pipelines:
         pipeline.processor.own_core = True
     log.info("model %s: instance threads pinned to cores %s at nice %d", model, cores, PLACED_NICE)

@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import random
-import sys
-import threading
 import time
 from collections import Counter as Tally
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +27,7 @@ from hotswap.models.pipeline import Pipeline
 from hotswap.models.signature import Signature, Tensors
 from hotswap.models.sources import resolve_source
 from hotswap.serve.metrics import Metrics
+from hotswap.serve.placement import lower_priority
 
 log = logging.getLogger("hotswap.shadow")
 
@@ -79,15 +77,6 @@ def comparable(signature: Signature) -> tuple:
     def specs(items) -> tuple:
         return tuple((spec.name, spec.datatype, len(spec.shape)) for spec in items)
     return specs(signature.inputs), specs(signature.outputs)
-
-
-def lower_priority(nice: int) -> None:
-    """Raise the calling thread's nice value to `nice` (Linux: per thread); elsewhere, nothing."""
-    if nice and hasattr(os, "setpriority") and sys.platform.startswith("linux"):
-        try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
-        except OSError as exc:  # a sandbox may refuse; the shadow still works, at normal priority
-            log.warning("shadow: cannot lower the CPU priority of its thread: %s", exc)
 
 
 def finite_or_text(value: float) -> float | str:

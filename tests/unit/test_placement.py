@@ -140,3 +140,22 @@ def test_usable_cores_are_the_calling_threads_own_not_the_machines():
         assert usable_cores() == [core]
     finally:
         os.sched_setaffinity(0, mask)
+
+
+def test_a_torch_cpu_instance_on_one_thread_is_placed_and_one_on_torchs_own_pool_is_not(tiny: TinyModels):
+    import torch
+
+    from hotswap.backends.torch_backend import TorchBackend
+
+    before = torch.get_num_threads()  # torch's pool is process-wide: put it back for the other tests
+    try:
+        backends = []
+        for threads in (1, None):
+            backend = TorchBackend()
+            backend.load(tiny.exported, TorchBackend.Options(device="cpu", threads=threads))
+            backends.append(backend)
+    finally:
+        torch.set_num_threads(before)
+    assert [b.compute_threads() for b in backends] == [1, None]
+    assert plan_cores("auto", backends[:1] * len(usable_cores())) == (usable_cores(), "")
+    assert plan_cores("auto", backends[1:]) == ([], "an instance computes on the runtime's choice of threads, not 1")
