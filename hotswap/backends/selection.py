@@ -39,11 +39,17 @@ class Selection:
     entry: BackendEntry
     backend_cls: type[Backend]
     options: BackendOptions
+    artifact: Path
     skipped: list[SkippedEntry] = field(default_factory=list)
 
     @property
     def label(self) -> str:
         return self.entry.label()
+
+    @property
+    def platform(self) -> str:
+        """The v2 platform: backend and artifact format, as `onnxruntime_onnx` or `torch_pt2`."""
+        return f"{self.backend_cls.name}_{self.artifact.suffix[1:]}"
 
     def shifted(self, offset: int) -> Selection:
         """This selection with every position `offset` further (a chain walked from entry `offset` on)."""
@@ -94,13 +100,13 @@ def select_backend(model: ModelConfig, source: ModelSource, registry: BackendReg
             options = cls.tune_for_instances(options, instances)
             backend = cls()
             try:
-                backend.load(artifact, options, declared)
+                backend.load(artifact, options, source.signature_for(artifact, declared))
             except Exception as exc:
                 backend.close()
                 failed = isinstance(exc, BackendUnavailable)
                 reason = str(exc) if failed else f"load failed: {type(exc).__name__}: {exc}"
             else:
-                selection = Selection(position, entry, cls, options, skipped)
+                selection = Selection(position, entry, cls, options, artifact, skipped)
                 return selection, backend
         skipped.append(SkippedEntry(position, entry.label(), reason))
     lines = "\n".join(f"  #{s.position} {s.label}: {s.reason}" for s in skipped)
@@ -113,5 +119,5 @@ def load_instance(selection: Selection, source: ModelSource, model: ModelConfig)
     if artifact is None:  # the selection came from this source, so only a changed source gets here
         raise BackendUnavailable(f"model '{model.name}': the source no longer has a {selection.label} artifact")
     backend = selection.backend_cls()
-    backend.load(artifact, selection.options, model.declared_signature())
+    backend.load(artifact, selection.options, source.signature_for(artifact, model.declared_signature()))
     return backend

@@ -9,8 +9,10 @@ a new torch or a new recipe build a fresh folder instead of reusing a stale one:
     model.onnx      inputs input_ids, attention_mask[, token_type_ids] INT64 [batch, seq];
                     output token_embeddings FP32 [batch, seq, hidden]
     model.pt2       the same module through torch.export (dynamic batch, seq up to the position table)
+    model.pt        instead of model.pt2 where torch.export fails: a TorchScript trace
     tokenizer.json  the folder's tokenizer, for the text-embedding processor
-    manifest.json   names, sizes and sha256s of the above; written last
+    manifest.json   names, sizes and sha256s of the above, and model.pt's signature (TorchScript
+                    carries no tensor names; the source hands it to the torch backend); written last
 
 Building is atomic and safe across processes: it runs under a file lock in a temporary
 folder that is renamed into place only when complete and verified. Pooling, normalisation
@@ -35,6 +37,7 @@ import numpy as np
 from filelock import FileLock, Timeout
 
 from hotswap.models.hf_folder import HFFolder, read_folder
+from hotswap.models.signature import Signature
 from hotswap.models.sources import ModelSource
 
 log = logging.getLogger("hotswap.models.hf_encoder")
@@ -75,7 +78,14 @@ def prepare_folder(folder: Path, root: Path, label: str = "model", progress: boo
     log.info("%s %s in %.2f s: %s", label, "cache hit" if state == "cache" else "built", seconds, final)
     artifacts = [final / name for name in ("model.onnx", "model.pt2", "model.pt") if name in files]
     return ModelSource(artifacts=artifacts, processor=hf.processor(),
-                       notes={"prepared": state, "seconds": f"{seconds:.2f}", "folder": str(hf.path)})
+                       notes={"prepared": state, "seconds": f"{seconds:.2f}", "folder": str(hf.path)},
+                       signatures=_signatures(final))
+
+
+def _signatures(final: Path) -> dict[str, Signature]:
+    """The manifest's signatures of artifacts without tensor names (the TorchScript fallback's)."""
+    manifest = json.loads((final / "manifest.json").read_text())
+    return {name: Signature.model_validate(spec) for name, spec in manifest.get("signatures", {}).items()}
 
 
 def cache_key(hf: HFFolder) -> str:
@@ -176,13 +186,15 @@ def _build(hf: HFFolder, out: Path, key: str, label: str, progress: bool, check:
         step("checking ONNX with onnxruntime")
         hf_export.check_onnx(out, checks, names, expected, check)
         step("exporting torch program")
-        hf_export.export_program(model, example, checks, names, hf.max_positions, out, check)
+        torchscript = hf_export.export_program(model, example, checks, names, hf.max_positions, out, check)
         step("writing manifest")
-        write_manifest(out, key, ("model.onnx", "model.pt2", "model.pt", "tokenizer.json"))
+        write_manifest(out, key, ("model.onnx", "model.pt2", "model.pt", "tokenizer.json"),
+                       {"model.pt": torchscript.model_dump(mode="json")} if torchscript else None)
 
 
-def write_manifest(out: Path, key: str, names: tuple[str, ...]) -> None:
-    """manifest.json for those of `names` present in `out`: sizes, sha256s and the toolchain."""
+def write_manifest(out: Path, key: str, names: tuple[str, ...], signatures: dict | None = None) -> None:
+    """manifest.json for those of `names` present in `out`: sizes, sha256s and the toolchain, and
+    the `signatures` of artifacts that carry no tensor names, by file name."""
     import onnx
     import onnxruntime as ort
     import torch
@@ -193,6 +205,7 @@ def write_manifest(out: Path, key: str, names: tuple[str, ...]) -> None:
         "onnx": onnx.__version__, "onnxruntime": ort.__version__, "transformers": package_version("transformers"),
         "numpy": np.__version__,
         "files": {n: {"size": (out / n).stat().st_size, "sha256": _sha256(out / n)} for n in present},
+        **({"signatures": signatures} if signatures else {}),
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
 

@@ -16,6 +16,7 @@ import torch
 
 from hotswap.models.hf_encoder import PreparationError
 from hotswap.models.hf_folder import HFFolder
+from hotswap.models.signature import Signature, TensorSpec
 from hotswap.models.text_embedding import TextEmbeddingOptions, load_tokenizer
 
 OPSET = 17
@@ -104,9 +105,11 @@ def check_onnx(out: Path, check: tuple, names: tuple[str, ...], expected: np.nda
 
 
 def export_program(model: ExportModule, example: tuple, check: tuple, names: tuple[str, ...],
-                   max_positions: int, out: Path, compare: Compare) -> None:
-    """model.pt2 (torch.export), or TorchScript model.pt where export fails."""
+                   max_positions: int, out: Path, compare: Compare) -> Signature | None:
+    """model.pt2 (torch.export), or TorchScript model.pt where export fails: then its signature,
+    which the file itself does not carry (the source hands it to the torch backend)."""
     batch, seq = torch.export.Dim("batch", min=1, max=4096), torch.export.Dim("seq", min=1, max=max_positions)
+    expected = under_mask(reference(model, check), check)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -115,20 +118,29 @@ def export_program(model: ExportModule, example: tuple, check: tuple, names: tup
         torch.export.save(program, str(out / "model.pt2"))
         with torch.inference_mode():
             got = torch.export.load(str(out / "model.pt2")).module()(*check).numpy()
-        compare("model.pt2 (torch.export)", under_mask(got, check), under_mask(reference(model, check), check))
+        compare("model.pt2 (torch.export)", under_mask(got, check), expected)
+        return None
     except PreparationError:
         raise
     except Exception as exc:
-        # Fallback: TorchScript carries no tensor names, so the torch backend then needs the
-        # signature declared in config; onnxruntime still serves model.onnx as is.
         import logging
 
         logging.getLogger("hotswap.models.hf_encoder").warning(
             "torch.export failed (%s: %s); falling back to TorchScript model.pt", type(exc).__name__, exc)
         (out / "model.pt2").unlink(missing_ok=True)
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            torch.jit.trace(model, example).save(str(out / "model.pt"))
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.jit.trace(model, example).save(str(out / "model.pt"))
+    with torch.inference_mode():
+        got = torch.jit.load(str(out / "model.pt"))(*check).numpy()
+    compare("model.pt (TorchScript)", under_mask(got, check), expected)
+    return token_signature(names, expected.shape[-1])
+
+
+def token_signature(names: tuple[str, ...], hidden: int) -> Signature:
+    """The exported graph's tensors: INT64 token inputs [batch, seq] -> FP32 token_embeddings."""
+    return Signature(inputs=tuple(TensorSpec(name=n, datatype="INT64", shape=(-1, -1)) for n in names),
+                     outputs=(TensorSpec(name="token_embeddings", datatype="FP32", shape=(-1, -1, hidden)),))
 
 
 def reference(model: ExportModule, check: tuple) -> np.ndarray:

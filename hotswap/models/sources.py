@@ -10,6 +10,7 @@ from pathlib import Path
 
 from hotswap.config import ProcessorConfig
 from hotswap.errors import ConfigError
+from hotswap.models.signature import Signature
 
 #: Files a folder source offers to backends (ONNX, TorchScript, torch.export, OpenVINO IR).
 ARTIFACT_SUFFIXES = (".onnx", ".pt", ".pt2", ".xml")
@@ -29,6 +30,9 @@ class ModelSource:
     artifacts: list[Path]
     processor: ProcessorConfig | None = None
     notes: dict[str, str] = field(default_factory=dict)
+    signatures: dict[str, Signature] = field(default_factory=dict)
+    """By artifact file name: the tensors of an artifact that carries no names (TorchScript), known
+    to whoever made it; a backend gets it where the model config declares none."""
 
     def artifact_for(self, formats: tuple[str, ...]) -> Path | None:
         """The first artifact whose suffix is in `formats` (backend preference order)."""
@@ -37,6 +41,10 @@ class ModelSource:
                 if path.suffix == suffix:
                     return path
         return None
+
+    def signature_for(self, artifact: Path, declared: Signature | None) -> Signature | None:
+        """What to load `artifact` with: the config's declared signature, else the source's own for it."""
+        return declared if declared is not None else self.signatures.get(artifact.name)
 
     @property
     def base_dir(self) -> Path:
