@@ -281,8 +281,7 @@ class ModelRunner:
 
     # -- description -----------------------------------------------------------------
     def platform(self) -> str:
-        artifact = self.source.artifact_for(self.selected.backend_cls.formats) if self.source else None
-        return f"{self.selected.backend_cls.name}_{artifact.suffix.lstrip('.') if artifact else 'unknown'}"
+        return self.selected.platform
 
     def metadata(self) -> dict:
         """v2 model metadata plus what really serves the model and why earlier entries were skipped."""
