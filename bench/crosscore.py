@@ -64,6 +64,16 @@ def tagged(measure_point: Callable[[], dict]) -> dict:
     return res
 
 
+def print_phases(rows: list[dict]) -> None:
+    """A markdown table of each row's per-round rate with the phase it ran in, for rows that have phases."""
+    phased = [r for r in rows if any(r["per_round_phase"])]
+    if phased:
+        print("\n| row | c | per round (phase: the two CPUs near, far, changed; bench/crosscore.py) |\n|---|---|---|")
+    for r in phased:
+        rounds = ", ".join(f"{v:,.0f} ({p or '?'})" for v, p in zip(r["per_round_rps"], r["per_round_phase"]))
+        print(f"| {r['name']} | {r['concurrency']} | {rounds} |")
+
+
 if __name__ == "__main__":
     ns = cross_core_ns()
     print("no measurement (no C compiler or one CPU)" if ns is None else

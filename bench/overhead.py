@@ -42,7 +42,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import overhead_setup as setup  # noqa: E402
 import raw as rawbench  # noqa: E402
-from crosscore import tagged  # noqa: E402
+from crosscore import print_phases, tagged  # noqa: E402
 from harness import (  # noqa: E402
     BENCH,
     REPO,
@@ -227,12 +227,7 @@ def print_tables(rows: list[dict], tgts: list[dict], args: argparse.Namespace) -
         print(f"| {r['workload']} | {r['name']} | {r['body']} | {r['batching']} | {r['concurrency']} | "
               f"{_fmt(r['rps'], 0)} | {_fmt(r['p50_ms'])} | {_fmt(r['p99_ms'])} | {_fmt(r.get('wrk_p50_ms'), 3)} | "
               f"{r['non_200']} | {_fmt(r['cpu_us_per_req'], 0)} | {_fmt(r.get('main_thread_us_per_req'), 0)} |")
-    phased = [r for r in rows if any(r["per_round_phase"])]
-    if phased:
-        print("\n| row | c | per round (phase: the two CPUs near, far, changed; bench/crosscore.py) |\n|---|---|---|")
-        for r in phased:
-            rounds = ", ".join(f"{_fmt(v, 0)} ({p or '?'})" for v, p in zip(r["per_round_rps"], r["per_round_phase"]))
-            print(f"| {r['name']} | {r['concurrency']} | {rounds} |")
+    print_phases(rows)
     print("\n| ratio | value | target | met | per round |")
     print("|---|---|---|---|---|")
     for t in tgts:

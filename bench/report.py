@@ -132,24 +132,35 @@ def section(res: dict) -> str:
                      f"{_f(r['hey_cpu'], 2)} | {'; '.join(notes)}{_noisy(r, s)} |")
     lines += ["", "![throughput and latency vs concurrency](throughput.png)", ""]
     if res.get("profile"):
-        p = res["profile"]
-        lines += ["### Profile (py-spy, hotswap batched, c=32)", "",
-                  f"{p['samples']} samples over {p['seconds']} s, `{p['command']}`; flame graph "
-                  f"`{p['svg']}` (gitignored); hotswap served {_f(p.get('throughput_under_profiler'))} req/s while "
-                  "sampled. Shares of the samples of Python threads (onnxruntime's own worker threads are "
-                  "native and not sampled), by thread, then by frame:", ""]
-        lines += ["| thread | share |", "|---|---:|"] + [f"| {n} | {x:.1%} |" for n, x in p["threads"]]
-        lines += ["", "| frame (inclusive) | share |", "|---|---:|"]
-        lines += [f"| `{n}` | {x:.1%} |" for n, x in p["inclusive"]]
-        lines += ["", "| frame (self, leaf) | share |", "|---|---:|"]
-        lines += [f"| `{n}` | {x:.1%} |" for n, x in p["self"]]
-        if p.get("metrics"):
-            lines += ["", "Server-side split from hotswap's /metrics during the measured c=32 batched run: "
-                      + ", ".join(f"{k} {val}" for k, val in p["metrics"].items()) + "."]
-        lines.append("")
+        lines += _profile_lines(res["profile"])
     lines.append(END)
     return "\n".join(lines)
 
+
+def _profile_lines(p: dict) -> list[str]:
+    """The py-spy profile's tables: shares by thread, by frame inclusive and by leaf frame."""
+    lines = ["### Profile (py-spy, hotswap batched, c=32)", "",
+             f"{p['samples']} samples over {p['seconds']} s, `{p['command']}`; flame graph "
+             f"`{p['svg']}` (gitignored); hotswap served {_f(p.get('throughput_under_profiler'))} req/s while "
+             "sampled. Shares of the samples of Python threads (onnxruntime's own worker threads are "
+             "native and not sampled), by thread, then by frame:", ""]
+    lines += ["| thread | share |", "|---|---:|"] + [f"| {n} | {x:.1%} |" for n, x in p["threads"]]
+    lines += ["", "| frame (inclusive) | share |", "|---|---:|"]
+    lines += [f"| `{n}` | {x:.1%} |" for n, x in p["inclusive"]]
+    lines += ["", "| frame (self, leaf) | share |", "|---|---:|"]
+    lines += [f"| `{n}` | {x:.1%} |" for n, x in p["self"]]
+    if p.get("metrics"):
+        lines += ["", "Server-side split from hotswap's /metrics during the measured c=32 batched run: "
+                  + ", ".join(f"{k} {val}" for k, val in p["metrics"].items()) + "."]
+    lines.append("")
+    return lines
+
+def per_round(tgts: list[dict], raw_runs: list[dict], served_runs: list[dict], rounds: int) -> None:
+    """Add to each target its value within each round, to show their spread."""
+    for k in range(1, rounds + 1):
+        for t, tk in zip(tgts, targets([r for r in raw_runs if r["round"] == k],
+                                       [r for r in served_runs if r["round"] == k])):
+            t.setdefault("per_round", []).append(tk["value"])
 
 def _range(r: dict) -> str:
     lo, hi = r["throughput_range"]

@@ -174,6 +174,48 @@ def render(out: Path, res: dict) -> None:
     log("updated docs/BENCHMARKS.md (## Throughput) and docs/throughput.png")
 
 
+def _versions(py: dict[str, Path], hotswap_version: str) -> dict[str, str]:
+    """onnxruntime's and hotswap's versions, each peer's, and a peer venv's onnxruntime where it differs."""
+    import onnxruntime
+
+    versions = {"onnxruntime": onnxruntime.__version__, "hotswap": hotswap_version}
+    for name, python in py.items():
+        versions[name] = venv_versions(python, [name])[name]
+        peer_ort = venv_versions(python, ["onnxruntime"])["onnxruntime"]
+        if peer_ort != onnxruntime.__version__:
+            versions[f"onnxruntime ({name} venv)"] = peer_ort
+    return versions
+
+
+def _run_rounds(args: argparse.Namespace, model, ctx: dict) -> tuple[list[dict], list[dict]]:
+    """Every round: the raw loop at each batch size, then each selected server batched and not."""
+    raw_runs: list[dict] = []
+    served_runs: list[dict] = []
+    for rnd in range(1, args.rounds + 1):
+        log(f"round {rnd}/{args.rounds}")
+        for b in (1, 8, 32, 64) if "raw" in args.only else ():
+            wait_quiet(args.noise_cores + 0.1, 120)
+            r = rawbench.measure(model, b, args.raw_seconds, 2)
+            log(f"raw batch {b:<3} {r['throughput']:8.1f} sentences/s  p50 {r['p50_ms']:7.1f} ms  "
+                f"p99 {r['p99_ms']:7.1f} ms  other {r['background_cpu']:.2f} cores")
+            raw_runs.append({**r, "round": rnd})
+        for name in ("hotswap", "litserve", "mlserver"):
+            for batched in (True, False) if name in args.only else ():
+                if batched or name == "hotswap" or not args.quick:
+                    served_runs += [{**r, "round": rnd} for r in run_server(name, batched, args, ctx)]
+    return raw_runs, served_runs
+
+
+def _placement(args: argparse.Namespace) -> str:
+    """Where hey, the servers and the raw loop ran, for the results."""
+    placement = (f"hey pinned with `taskset -c {args.hey_cpus}` (and `-cpus {len(args.hey_cpus.split(','))}`)"
+                 if args.hey_cpus else "hey not pinned")
+    placement += (f"; servers and raw pinned to CPUs {args.server_cpus}" if args.server_cpus else
+                  "; servers and raw not pinned (they may use every core, sharing hey's core)")
+    return placement + (". hey runs on the same machine, so its CPU (column 'hey CPU') is taken from the server: a "
+                        "known bias against every server alike, largest at high request rates.")
+
+
 def main() -> None:
     args = parse_args()
     if args.render:
@@ -190,14 +232,7 @@ def main() -> None:
           for name in ("litserve", "mlserver") if name in args.only}
     tools_py = None if args.no_docs and args.profile == "never" else ensure_venv(
         "tools", PEER_PACKAGES["tools"], BENCH / "requirements-tools.txt")
-    import onnxruntime
-
-    versions = {"onnxruntime": onnxruntime.__version__, "hotswap": hotswap_version}
-    for name, python in py.items():
-        versions[name] = venv_versions(python, [name])[name]
-        peer_ort = venv_versions(python, ["onnxruntime"])["onnxruntime"]
-        if peer_ort != onnxruntime.__version__:
-            versions[f"onnxruntime ({name} venv)"] = peer_ort
+    versions = _versions(py, hotswap_version)
     if args.server_cpus:
         import os
         os.sched_setaffinity(0, {int(c) for c in args.server_cpus.split(",")})
@@ -206,38 +241,18 @@ def main() -> None:
     reference = model.embed([rawbench.SENTENCE])[0]
     ctx = {"tmp": Path(tempfile.mkdtemp(prefix="hotswap-bench-")), "model_dir": model_dir, "py": py,
            "reference": reference}
-    raw_runs, served_runs = [], []
-    for rnd in range(1, args.rounds + 1):
-        log(f"round {rnd}/{args.rounds}")
-        for b in (1, 8, 32, 64) if "raw" in args.only else ():
-            wait_quiet(args.noise_cores + 0.1, 120)
-            r = rawbench.measure(model, b, args.raw_seconds, 2)
-            log(f"raw batch {b:<3} {r['throughput']:8.1f} sentences/s  p50 {r['p50_ms']:7.1f} ms  "
-                f"p99 {r['p99_ms']:7.1f} ms  other {r['background_cpu']:.2f} cores")
-            raw_runs.append({**r, "round": rnd})
-        for name in ("hotswap", "litserve", "mlserver"):
-            for batched in (True, False) if name in args.only else ():
-                if batched or name == "hotswap" or not args.quick:
-                    served_runs += [{**r, "round": rnd} for r in run_server(name, batched, args, ctx)]
+    raw_runs, served_runs = _run_rounds(args, model, ctx)
     del model
     raw_rows = report.aggregate(raw_runs, ("batch",))
     served = report.aggregate(served_runs, ("server", "batched", "concurrency"))
     tgts = report.targets(raw_rows, served)
-    for k in range(1, args.rounds + 1):  # the same ratios within each round, to show their spread
-        for t, tk in zip(tgts, report.targets([r for r in raw_runs if r["round"] == k],
-                                              [r for r in served_runs if r["round"] == k])):
-            t.setdefault("per_round", []).append(tk["value"])
+    report.per_round(tgts, raw_runs, served_runs, args.rounds)
     missed = any(t["met"] is False for t in tgts)
     profile = None
     if "hotswap" in args.only and tools_py and (args.profile == "always" or (args.profile == "auto" and missed)):
         log("profiling hotswap (c=32, batched) with py-spy")
         profile = profile_hotswap(args, ctx, tools_py)
-    placement = (f"hey pinned with `taskset -c {args.hey_cpus}` (and `-cpus {len(args.hey_cpus.split(','))}`)"
-                 if args.hey_cpus else "hey not pinned")
-    placement += (f"; servers and raw pinned to CPUs {args.server_cpus}" if args.server_cpus else
-                  "; servers and raw not pinned (they may use every core, sharing hey's core)")
-    placement += (". hey runs on the same machine, so its CPU (column 'hey CPU') is taken from the server: a "
-                  "known bias against every server alike, largest at high request rates.")
+    placement = _placement(args)
     date = dt.datetime.now().astimezone()
     res = {"date": date.strftime("%Y-%m-%d %H:%M %Z"), "command": ("python bench/throughput.py " + shlex.join(
         sys.argv[1:])).strip(), "machine": machine_info(), "versions": versions, "seq_len": rawbench.SEQ_LEN,
