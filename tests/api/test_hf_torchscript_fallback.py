@@ -21,7 +21,7 @@ import torch
 from api_support import LiveServer
 from hf_tiny_support import write_bert
 
-from hotswap.models.hf_encoder import prepare_folder
+from hotswap.models.hf_encoder import compare, prepare_folder
 from hotswap.models.signature import Signature, TensorSpec
 from hotswap.models.sources import ModelSource
 
@@ -71,6 +71,18 @@ def test_the_manifest_names_the_fallbacks_tensors(live, bert):
     signature = source.signatures["model.pt"]
     assert [(s.name, s.datatype, s.shape) for s in signature.inputs] == [(n, "INT64", (-1, -1)) for n in TOKENS]
     assert [(s.name, s.datatype, s.shape) for s in signature.outputs] == [("token_embeddings", "FP32", (-1, -1, 32))]
+
+
+def test_the_fallback_is_compared_with_torch_like_the_other_exports(bert, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.export, "export", refuse_export)
+    compared = []
+
+    def recording(what: str, got: np.ndarray, expected: np.ndarray) -> None:
+        compared.append(what)
+        compare(what, got, expected)
+
+    prepare_folder(bert, tmp_path, check=recording)
+    assert compared == ["model.onnx (onnxruntime)", "model.pt (TorchScript)"]
 
 
 def test_a_declared_signature_wins_over_the_sources_own(tmp_path):
